@@ -1,0 +1,202 @@
+"""Token entropy and response segmentation (ALGORITHM.md sections 1-2).
+
+Segment ids are a LongTensor[B, T]: ``0..r`` on the valid tokens of a row, ``-1`` on padding.
+Every segmenter here returns that format, so the PRM and the advantages never care which one
+produced the cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def token_entropy(logits: Tensor, temperature: float = 1.0, chunk_size: int = 8192) -> Tensor:
+    """Entropy (nats) of ``softmax(logits / temperature)`` over the last dim: Tensor[B, T].
+
+    ``H = logsumexp(z) - sum_v softmax(z)_v z_v`` with ``z = logits / temperature``, accumulated
+    online over vocabulary chunks (running max ``m``, ``s0 = sum e^(z-m)``, ``s1 = sum e^(z-m) z``),
+    so only a float32 ``[B, T, chunk_size]`` block is alive at a time: ``H = m + log s0 - s1 / s0``.
+    Logits of ``-inf`` (masked vocabulary) contribute nothing.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    lowest = torch.finfo(torch.float32).min
+    shape = logits.shape[:-1]
+    m = torch.full(shape, lowest, dtype=torch.float32, device=logits.device)
+    s0 = torch.zeros(shape, dtype=torch.float32, device=logits.device)
+    s1 = torch.zeros(shape, dtype=torch.float32, device=logits.device)
+    for start in range(0, logits.shape[-1], chunk_size):
+        z = (logits[..., start : start + chunk_size].float() / temperature).clamp_(min=lowest)
+        m_new = torch.maximum(m, z.amax(dim=-1))
+        rescale = torch.exp(m - m_new)
+        p = torch.exp(z - m_new.unsqueeze(-1))
+        s0 = s0 * rescale + p.sum(dim=-1)
+        s1 = s1 * rescale + (p * z).sum(dim=-1)
+        m = m_new
+    return m + torch.log(s0) - s1 / s0
+
+
+def response_lengths(mask: Tensor) -> Tensor:
+    """``L_i`` of a right-padded mask[B, T]; raises if a row's valid tokens are not a prefix."""
+    mask = mask.bool()
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be 2-D [B, T], got shape {tuple(mask.shape)}")
+    if mask.shape[1] > 1:
+        gaps = (mask[:, 1:] & ~mask[:, :-1]).any(dim=1)
+        if gaps.any():
+            row = int(gaps.nonzero()[0])
+            raise ValueError(f"mask row {row} is not right-padded (a valid token follows padding)")
+    return mask.sum(dim=1)
+
+
+def _ids_from_boundaries(boundaries: Tensor, mask: Tensor) -> Tensor:
+    """Segment ids from a bool[B, T] of segment starts (position 0 implied): cumsum, -1 on padding."""
+    ids = boundaries.long().cumsum(dim=1)
+    return ids.masked_fill_(~mask.bool(), -1)
+
+
+def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 10) -> Tensor:
+    """Cut each response at up to ``k`` entropy spikes at least ``min_gap`` apart (ALGORITHM.md s.2).
+
+    Candidates are ``m <= t <= L_i - m``; they are accepted greedily by decreasing entropy (ties to
+    the smaller t) when ``|t - b| >= m`` for every accepted ``b``. A spike token starts a new
+    segment. Greedy acceptance equals "take the best candidate still compatible with the accepted
+    set", so it runs as k masked argmaxes over the whole batch; after each pick, the window
+    ``(b - m, b + m)`` of that row is knocked out. Returns LongTensor[B, T], -1 on padding.
+    """
+    if entropy.shape != mask.shape:
+        raise ValueError(f"entropy {tuple(entropy.shape)} and mask {tuple(mask.shape)} differ in shape")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if min_gap < 1:
+        raise ValueError(f"min_gap must be >= 1, got {min_gap}")
+    mask = mask.bool()
+    lengths = response_lengths(mask)
+    if torch.isnan(entropy[mask]).any():
+        raise ValueError("entropy has NaN on valid tokens")
+    batch, width = entropy.shape
+    positions = torch.arange(width, device=entropy.device)
+    candidate = positions < (lengths - min_gap + 1).unsqueeze(1)
+    candidate[:, :min_gap] = False
+    work = entropy.float().masked_fill(~candidate, float("-inf"))
+
+    boundaries = torch.zeros(batch, width + 2 * min_gap, dtype=torch.bool, device=entropy.device)
+    padded = torch.full((batch, width + 2 * min_gap), float("-inf"), device=entropy.device)
+    padded[:, min_gap : min_gap + width] = work
+    rows = torch.arange(batch, device=entropy.device)
+    window = torch.arange(-min_gap + 1, min_gap, device=entropy.device)
+    for _ in range(k):
+        best = padded.argmax(dim=1)
+        found = torch.isfinite(padded[rows, best])
+        if not found.any():
+            break
+        picked_rows, picked = rows[found], best[found]
+        boundaries[picked_rows, picked] = True
+        padded[picked_rows.unsqueeze(1), picked.unsqueeze(1) + window] = float("-inf")
+    return _ids_from_boundaries(boundaries[:, min_gap : min_gap + width], mask)
+
+
+def fixed_segments(mask: Tensor, length: int) -> Tensor:
+    """Segments of ``length`` tokens: ``S[i, t] = t // length`` on valid tokens, -1 on padding."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    response_lengths(mask)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
+    return (positions // length).masked_fill(~mask.bool(), -1)
+
+
+def marker_segments(
+    offsets: Sequence[Sequence[tuple[int, int]]],
+    texts: Sequence[str],
+    mask: Tensor,
+    marker: str = "\n\n",
+) -> Tensor:
+    """Segments that start after each step ``marker`` in the decoded text.
+
+    ``offsets[i][t] = (start, end)`` are the character offsets of token t in ``texts[i]``. For each
+    marker occurrence ending at character p, the first valid token with ``start >= p`` starts a new
+    segment; the marker stays with the step it closes. Returns LongTensor[B, T], -1 on padding.
+    """
+    if not marker:
+        raise ValueError("marker must be a non-empty string")
+    lengths = response_lengths(mask)
+    if len(offsets) != mask.shape[0] or len(texts) != mask.shape[0]:
+        raise ValueError(f"got {len(offsets)} offset rows and {len(texts)} texts for {mask.shape[0]} mask rows")
+    boundaries = torch.zeros(mask.shape, dtype=torch.bool)
+    for row, (row_offsets, text) in enumerate(zip(offsets, texts)):
+        length = int(lengths[row])
+        if len(row_offsets) < length:
+            raise ValueError(f"row {row}: {len(row_offsets)} offsets for {length} valid tokens")
+        starts = torch.tensor([start for start, _ in row_offsets[:length]], dtype=torch.long)
+        ends, pos = [], text.find(marker)
+        while pos != -1:
+            ends.append(pos + len(marker))
+            pos = text.find(marker, pos + len(marker))
+        if not ends or length == 0:
+            continue
+        first_token = torch.searchsorted(starts, torch.tensor(ends), side="left")
+        first_token = first_token[(first_token > 0) & (first_token < length)]
+        boundaries[row, first_token] = True
+    return _ids_from_boundaries(boundaries.to(mask.device), mask)
+
+
+def token_offsets(token_texts: Sequence[Sequence[str]]) -> tuple[list[str], list[list[tuple[int, int]]]]:
+    """Texts and character offsets from per-token decoded strings (``tokenizer.batch_decode([[id], ...])``)."""
+    texts, offsets = [], []
+    for pieces in token_texts:
+        row, cursor = [], 0
+        for piece in pieces:
+            row.append((cursor, cursor + len(piece)))
+            cursor += len(piece)
+        texts.append("".join(pieces))
+        offsets.append(row)
+    return texts, offsets
+
+
+def num_segments(segment_ids: Tensor) -> Tensor:
+    """Segments per row: ``max id + 1`` (0 for an empty row)."""
+    return segment_ids.max(dim=1).values.clamp(min=-1) + 1
+
+
+def segment_spans(segment_ids: Tensor) -> list[list[tuple[int, int]]]:
+    """Token spans ``[start, end)`` of every segment, per row, in order."""
+    ids = segment_ids.cpu()
+    valid = ids >= 0
+    starts = valid.clone()
+    starts[:, 1:] &= ids[:, 1:] != ids[:, :-1]
+    lengths = valid.sum(dim=1).tolist()
+    spans = []
+    for row, length in enumerate(lengths):
+        cuts = starts[row].nonzero().flatten().tolist() + [length]
+        spans.append(list(zip(cuts[:-1], cuts[1:])))
+    return spans
+
+
+def scores_to_tokens(scores: Sequence[Sequence[float]] | Tensor, segment_ids: Tensor) -> Tensor:
+    """Broadcast per-segment scores to tokens: ``P[i, t] = s[i, S[i, t]]``, 0 on padding.
+
+    Raises when a row does not have exactly one score per segment (ALGORITHM.md s.3).
+    """
+    counts = num_segments(segment_ids).tolist()
+    if len(scores) != len(counts):
+        raise ValueError(f"got scores for {len(scores)} rows, segment ids have {len(counts)} rows")
+    for row, (row_scores, count) in enumerate(zip(scores, counts)):
+        if len(row_scores) != count:
+            raise ValueError(f"row {row}: {len(row_scores)} scores for {count} segments")
+    if isinstance(scores, Tensor):
+        table = scores.float()
+    else:
+        width = max(counts, default=0)
+        table = torch.zeros(len(counts), max(width, 1))
+        for row, row_scores in enumerate(scores):
+            table[row, : len(row_scores)] = torch.tensor(list(row_scores), dtype=torch.float32)
+    table = table.to(segment_ids.device)
+    if table.shape[1] == 0:
+        table = torch.zeros(table.shape[0], 1, device=segment_ids.device)
+    tokens = table.gather(1, segment_ids.clamp(min=0))
+    return tokens.masked_fill_(segment_ids < 0, 0.0)
