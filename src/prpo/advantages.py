@@ -298,10 +298,11 @@ def _validate(inputs: AdvantageInputs) -> None:
         if value is not None and value.shape != inputs.mask.shape:
             raise ValueError(f"{name} must have the mask's shape {tuple(inputs.mask.shape)}, got {tuple(value.shape)}")
     if inputs.token_scores is not None:
-        valid = inputs.token_scores[inputs.mask]
-        bad = ~torch.isfinite(valid) | (valid < 0) | (valid > 1)
+        scores = inputs.token_scores
+        bad = inputs.mask & (~torch.isfinite(scores) | (scores < 0) | (scores > 1))
         if bad.any():
-            raise ValueError(f"token_scores must be finite and in [0, 1] on valid tokens; found {valid[bad][0].item()}")
+            row, t = bad.nonzero()[0].tolist()
+            raise ValueError(f"token_scores[{row}, {t}] = {scores[row, t].item()}: scores must be finite and in [0, 1]")
 
 
 def compute_advantages(

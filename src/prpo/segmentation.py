@@ -119,8 +119,9 @@ def marker_segments(
     """Segments that start after each step ``marker`` in the decoded text.
 
     ``offsets[i][t] = (start, end)`` are the character offsets of token t in ``texts[i]``. For each
-    marker occurrence ending at character p, the first valid token with ``start >= p`` starts a new
-    segment; the marker stays with the step it closes. Returns LongTensor[B, T], -1 on padding.
+    marker occurrence ending at character p, the token holding character p starts a new segment, so
+    the marker stays with the step it closes unless one token spans both. A marker at the very end
+    opens no empty segment. Returns LongTensor[B, T], -1 on padding.
     """
     if not marker:
         raise ValueError("marker must be a non-empty string")
@@ -132,16 +133,16 @@ def marker_segments(
         length = int(lengths[row])
         if len(row_offsets) < length:
             raise ValueError(f"row {row}: {len(row_offsets)} offsets for {length} valid tokens")
-        starts = torch.tensor([start for start, _ in row_offsets[:length]], dtype=torch.long)
-        ends, pos = [], text.find(marker)
+        cuts, pos = [], text.find(marker)
         while pos != -1:
-            ends.append(pos + len(marker))
+            cuts.append(pos + len(marker))
             pos = text.find(marker, pos + len(marker))
-        if not ends or length == 0:
+        if not cuts or length == 0:
             continue
-        first_token = torch.searchsorted(starts, torch.tensor(ends), side="left")
-        first_token = first_token[(first_token > 0) & (first_token < length)]
-        boundaries[row, first_token] = True
+        starts = torch.tensor([start for start, _ in row_offsets[:length]], dtype=torch.long)
+        cuts_t = torch.tensor(cuts)
+        holder = torch.searchsorted(starts, cuts_t, side="right") - 1
+        boundaries[row, holder[(holder > 0) & (cuts_t < row_offsets[length - 1][1])]] = True
     return _ids_from_boundaries(boundaries.to(mask.device), mask)
 
 
