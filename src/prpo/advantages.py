@@ -216,7 +216,7 @@ def prpo(
         normalization=normalization, mu0=mu0, sigma0=sigma0, eps=eps,
     )
     beta = outcome_location(inputs.outcome_rewards, inputs.group_ids, scale=outcome_scale, eps=eps)
-    return z + broadcast(beta, inputs.mask)
+    return z.add_(beta[:, None]).masked_fill_(~inputs.mask, 0.0)
 
 
 @register_advantage("process_only", uses_prm=True)
@@ -299,8 +299,9 @@ def _validate(inputs: AdvantageInputs) -> None:
             raise ValueError(f"{name} must have the mask's shape {tuple(inputs.mask.shape)}, got {tuple(value.shape)}")
     if inputs.token_scores is not None:
         scores = inputs.token_scores
-        bad = inputs.mask & (~torch.isfinite(scores) | (scores < 0) | (scores > 1))
-        if bad.any():
+        low, high = torch.aminmax(torch.where(inputs.mask, scores, 0.5))
+        if not (0 <= low.item() and high.item() <= 1):  # also false for NaN
+            bad = inputs.mask & (~torch.isfinite(scores) | (scores < 0) | (scores > 1))
             row, t = bad.nonzero()[0].tolist()
             raise ValueError(f"token_scores[{row}, {t}] = {scores[row, t].item()}: scores must be finite and in [0, 1]")
 

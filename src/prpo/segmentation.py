@@ -65,9 +65,12 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
 
     Candidates are ``m <= t <= L_i - m``; they are accepted greedily by decreasing entropy (ties to
     the smaller t) when ``|t - b| >= m`` for every accepted ``b``. A spike token starts a new
-    segment. Greedy acceptance equals "take the best candidate still compatible with the accepted
-    set", so it runs as k masked argmaxes over the whole batch; after each pick, the window
-    ``(b - m, b + m)`` of that row is knocked out. Returns LongTensor[B, T], -1 on padding.
+    segment. Returns LongTensor[B, T]: ids ``0..r`` on valid tokens, -1 on padding.
+
+    Greedy acceptance equals "take the best candidate still compatible with the accepted set", so
+    the batch runs k rounds of a masked argmax. To keep each round cheap, rows are cut into blocks
+    wider than the ``2m - 1`` window; one pass takes every block's max, and after a pick only the
+    (at most two) blocks its window touches are recomputed.
     """
     if entropy.shape != mask.shape:
         raise ValueError(f"entropy {tuple(entropy.shape)} and mask {tuple(mask.shape)} differ in shape")
@@ -77,28 +80,42 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
         raise ValueError(f"min_gap must be >= 1, got {min_gap}")
     mask = mask.bool()
     lengths = response_lengths(mask)
-    if torch.isnan(entropy[mask]).any():
-        raise ValueError("entropy has NaN on valid tokens")
     batch, width = entropy.shape
-    positions = torch.arange(width, device=entropy.device)
-    candidate = positions < (lengths - min_gap + 1).unsqueeze(1)
-    candidate[:, :min_gap] = False
-    work = entropy.float().masked_fill(~candidate, float("-inf"))
+    device = entropy.device
+    block = max(64, 1 << (2 * min_gap - 1).bit_length())
+    n_blocks = max(1, -(-width // block))
+    values = entropy.float()
+    if n_blocks * block != width:
+        values = torch.nn.functional.pad(values, (0, n_blocks * block - width))
+    positions = torch.arange(n_blocks * block, device=device)
+    work = torch.where(positions < (lengths - min_gap + 1).unsqueeze(1), values, float("-inf"))
+    work[:, :min_gap] = float("-inf")
+    blocks = work.view(batch, n_blocks, block)
+    block_max, block_arg = blocks.max(dim=2)
 
-    boundaries = torch.zeros(batch, width + 2 * min_gap, dtype=torch.bool, device=entropy.device)
-    padded = torch.full((batch, width + 2 * min_gap), float("-inf"), device=entropy.device)
-    padded[:, min_gap : min_gap + width] = work
-    rows = torch.arange(batch, device=entropy.device)
-    window = torch.arange(-min_gap + 1, min_gap, device=entropy.device)
+    rows = torch.arange(batch, device=device)
+    window = torch.arange(-min_gap + 1, min_gap, device=device)
+    delta = torch.zeros(batch, width, dtype=torch.long, device=device)
+    count = torch.zeros(batch, dtype=torch.long, device=device)
     for _ in range(k):
-        best = padded.argmax(dim=1)
-        found = torch.isfinite(padded[rows, best])
+        best_block = block_max.argmax(dim=1)
+        best = block_max[rows, best_block]
+        if torch.isnan(best).any():
+            raise ValueError(f"entropy has NaN at a candidate position of row {int(torch.isnan(best).nonzero()[0])}")
+        found = best > float("-inf")
         if not found.any():
             break
-        picked_rows, picked = rows[found], best[found]
-        boundaries[picked_rows, picked] = True
-        padded[picked_rows.unsqueeze(1), picked.unsqueeze(1) + window] = float("-inf")
-    return _ids_from_boundaries(boundaries[:, min_gap : min_gap + width], mask)
+        picked_rows, picked_block = rows[found], best_block[found]
+        picked = picked_block * block + block_arg[picked_rows, picked_block]
+        delta[picked_rows, picked] = 1
+        count[picked_rows] += 1
+        knock = (picked.unsqueeze(1) + window).clamp_(0, n_blocks * block - 1)
+        work[picked_rows.unsqueeze(1), knock] = float("-inf")
+        for touched in (knock[:, 0] // block, knock[:, -1] // block):
+            block_max[picked_rows, touched], block_arg[picked_rows, touched] = blocks[picked_rows, touched].max(dim=1)
+    short = (lengths < width).nonzero().flatten()
+    delta[short, lengths[short]] -= count[short] + 1
+    return delta.cumsum_(dim=1)
 
 
 def fixed_segments(mask: Tensor, length: int) -> Tensor:
@@ -181,23 +198,23 @@ def segment_spans(segment_ids: Tensor) -> list[list[tuple[int, int]]]:
 def scores_to_tokens(scores: Sequence[Sequence[float]] | Tensor, segment_ids: Tensor) -> Tensor:
     """Broadcast per-segment scores to tokens: ``P[i, t] = s[i, S[i, t]]``, 0 on padding.
 
-    Raises when a row does not have exactly one score per segment (ALGORITHM.md s.3).
+    ``scores`` is one list per row with exactly one score per segment (else a clear error,
+    ALGORITHM.md s.3), or a padded Tensor[B, K] whose columns past a row's segment count are ignored.
     """
     counts = num_segments(segment_ids).tolist()
     if len(scores) != len(counts):
         raise ValueError(f"got scores for {len(scores)} rows, segment ids have {len(counts)} rows")
-    for row, (row_scores, count) in enumerate(zip(scores, counts)):
-        if len(row_scores) != count:
-            raise ValueError(f"row {row}: {len(row_scores)} scores for {count} segments")
+    width = max(counts, default=0)
+    # Column 0 holds the padding value, so padding (id -1) gathers a 0 without a second pass.
+    table = torch.zeros(len(counts), width + 1)
     if isinstance(scores, Tensor):
-        table = scores.float()
+        if scores.shape[1] < width:
+            raise ValueError(f"scores tensor has {scores.shape[1]} columns for up to {width} segments")
+        table[:, 1:] = scores[:, :width].float()
     else:
-        width = max(counts, default=0)
-        table = torch.zeros(len(counts), max(width, 1))
+        for row, (row_scores, count) in enumerate(zip(scores, counts)):
+            if len(row_scores) != count:
+                raise ValueError(f"row {row}: {len(row_scores)} scores for {count} segments")
         for row, row_scores in enumerate(scores):
-            table[row, : len(row_scores)] = torch.tensor(list(row_scores), dtype=torch.float32)
-    table = table.to(segment_ids.device)
-    if table.shape[1] == 0:
-        table = torch.zeros(table.shape[0], 1, device=segment_ids.device)
-    tokens = table.gather(1, segment_ids.clamp(min=0))
-    return tokens.masked_fill_(segment_ids < 0, 0.0)
+            table[row, 1 : len(row_scores) + 1] = torch.tensor(list(row_scores), dtype=torch.float32)
+    return table.to(segment_ids.device).gather(1, segment_ids + 1)
