@@ -1,4 +1,9 @@
-"""Process reward models behind one protocol: `load_prm(spec).score(problems, segments)`."""
+"""Process reward models behind one protocol: `load_prm(spec).score(problems, segments)`.
+
+Adapters, chosen by `type` in a config: `step_tag` (Qwen2.5-Math-PRM family), `shepherd`
+(Math-Shepherd-style causal LMs), `arithmetic` (rule-based verifier), `remote` (HTTP client of
+`prpo serve-prm`), `cached` (LRU cache around another PRM).
+"""
 
 from prpo.prm.base import (
     PRM_REGISTRY,
@@ -10,12 +15,16 @@ from prpo.prm.base import (
     validate_scores,
 )
 from prpo.prm.arithmetic import ArithmeticPRM
+from prpo.prm.step_tag import StepTagPRM
+from prpo.prm.shepherd import ShepherdPRM
 
 __all__ = [
     "PRM_REGISTRY",
     "PRMError",
     "ProcessRewardModel",
     "ArithmeticPRM",
+    "ShepherdPRM",
+    "StepTagPRM",
     "check_inputs",
     "load_prm",
     "register_prm",
