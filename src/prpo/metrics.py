@@ -1,0 +1,125 @@
+"""Run directory files: `metrics.jsonl` (every logged step), `samples.jsonl` and the collapse warning.
+
+`RunFiles` is a `TrainerCallback`: TRL's `log()` reaches it through `on_log`, so `metrics.jsonl`
+holds exactly what TensorBoard / W&B receive through `report_to`. On `--resume` the rows written
+after the restored checkpoint (by the interrupted run) are dropped, so the file reads as one run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+LENGTH_KEY = "completions/mean_length"
+FINAL_ANSWER_KEY = "final_answer_rate"
+
+
+class CollapseMonitor:
+    """Premature-collapse signal of ALGORITHM.md section 6.
+
+    Baseline: the mean response length and final-answer rate of the first ``window`` steps. The
+    signal fires when the mean of the last ``window`` steps has fallen below ``(1 - drop)`` times the
+    baseline for *both* (shorter responses that also stop giving an answer).
+    """
+
+    def __init__(self, window: int = 5, drop: float = 0.3):
+        self.window, self.drop = window, drop
+        self.lengths: list[float] = []
+        self.answer_rates: list[float] = []
+
+    def update(self, logs: Mapping[str, Any]) -> str | None:
+        """Record one step's logs; returns the warning text when the signal fires, else None."""
+        if LENGTH_KEY not in logs or FINAL_ANSWER_KEY not in logs:
+            return None
+        self.lengths.append(float(logs[LENGTH_KEY]))
+        self.answer_rates.append(float(logs[FINAL_ANSWER_KEY]))
+        if len(self.lengths) < 2 * self.window:
+            return None
+        w = self.window
+        base_len, now_len = _mean(self.lengths[:w]), _mean(self.lengths[-w:])
+        base_ans, now_ans = _mean(self.answer_rates[:w]), _mean(self.answer_rates[-w:])
+        keep = 1 - self.drop
+        if now_len < keep * base_len and now_ans < keep * base_ans:
+            return (
+                f"possible premature collapse: mean response length {now_len:.1f} vs {base_len:.1f} and "
+                f"final-answer rate {now_ans:.2f} vs {base_ans:.2f} over the first {w} steps"
+            )
+        return None
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
+
+
+def truncate_after_step(path: Path, step: int) -> None:
+    """Keep the rows of a JSONL file whose ``step`` is at most ``step``."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+class RunFiles(TrainerCallback):
+    """Writes `metrics.jsonl` and `samples.jsonl` in the run directory (main process only)."""
+
+    def __init__(self, output_dir: str | Path, *, collapse_window: int = 5, collapse_drop: float = 0.3):
+        self.dir = Path(output_dir)
+        self.monitor = CollapseMonitor(collapse_window, collapse_drop)
+        self.collapse_warned = False
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / METRICS_FILE
+
+    @property
+    def samples_path(self) -> Path:
+        return self.dir / SAMPLES_FILE
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        truncate_after_step(self.metrics_path, state.global_step)
+        truncate_after_step(self.samples_path, state.global_step)
+        if self.metrics_path.exists():  # resumed: replay the kept steps into the collapse monitor
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+                self.monitor.update(json.loads(line))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, **logs}
+        warning = self.monitor.update(logs)
+        if warning is not None:
+            row["collapse_warning"] = True
+            if not self.collapse_warned:
+                logger.warning(warning)
+                self.collapse_warned = True
+        self.dir.mkdir(parents=True, exist_ok=True)
+        append_jsonl(self.metrics_path, [row])
+
+    def write_samples(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        append_jsonl(self.samples_path, rows)
