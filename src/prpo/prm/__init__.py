@@ -17,12 +17,16 @@ from prpo.prm.base import (
 from prpo.prm.arithmetic import ArithmeticPRM
 from prpo.prm.step_tag import StepTagPRM
 from prpo.prm.shepherd import ShepherdPRM
+from prpo.prm.remote import RemotePRM
+from prpo.prm.cached import CachedPRM
 
 __all__ = [
     "PRM_REGISTRY",
     "PRMError",
     "ProcessRewardModel",
     "ArithmeticPRM",
+    "CachedPRM",
+    "RemotePRM",
     "ShepherdPRM",
     "StepTagPRM",
     "check_inputs",

@@ -1,0 +1,76 @@
+"""PRM protocol pieces: score validation, the registry and `load_prm` from names, mappings and files."""
+
+import json
+import math
+
+import pytest
+
+from prpo.prm import PRM_REGISTRY, ArithmeticPRM, PRMError, ProcessRewardModel, load_prm, validate_scores
+
+SEGMENTS = [["a", "b"], ["c"]]
+
+
+def test_validate_scores_accepts_and_converts():
+    assert validate_scores([[0, 1.0], [0.25]], SEGMENTS) == [[0.0, 1.0], [0.25]]
+    assert validate_scores([], []) == []
+
+
+@pytest.mark.parametrize(
+    "scores, message",
+    [
+        ([[0.5, 0.5]], "scores for 1 responses, expected 2"),
+        ([[0.5], [0.5]], "1 scores for response 0, which has 2 segments"),
+        ([[0.5, float("nan")], [0.5]], "response 0, segment 1 is nan"),
+        ([[0.5, 0.5], [math.inf]], "response 1, segment 0 is inf"),
+        ([[0.5, 1.5], [0.5]], "response 0, segment 1 is 1.5"),
+        ([[0.5, -0.1], [0.5]], "response 0, segment 1 is -0.1"),
+        ([[0.5, None], [0.5]], "response 0, segment 1 is None"),
+        ([[0.5, True], [0.5]], "response 0, segment 1 is True"),
+        ("0.5", "expected a list"),
+    ],
+)
+def test_validate_scores_names_the_bad_value(scores, message):
+    with pytest.raises(PRMError, match=message.replace("(", r"\(")):
+        validate_scores(scores, SEGMENTS)
+
+
+def test_score_rejects_mismatched_inputs():
+    prm = ArithmeticPRM()
+    with pytest.raises(PRMError, match="2 problems for 1 responses"):
+        prm.score(["p", "q"], [["a"]])
+    with pytest.raises(PRMError, match="segments of response 0 must be a list"):
+        prm.score(["p"], ["a string"])
+
+
+def test_load_by_name_mapping_and_files(tmp_path):
+    assert {"arithmetic", "step_tag", "shepherd", "remote", "cached"} <= set(PRM_REGISTRY)
+    prm = load_prm("arithmetic")
+    assert isinstance(prm, ProcessRewardModel) and isinstance(prm, ArithmeticPRM)
+
+    yaml_file = tmp_path / "prm.yaml"
+    yaml_file.write_text("type: arithmetic\nright: 0.8\nnoise: 0.1\nseed: 3\n")
+    assert load_prm(str(yaml_file)).config == ArithmeticPRM.Config(right=0.8, noise=0.1, seed=3)
+    json_file = tmp_path / "prm.json"
+    json_file.write_text(json.dumps({"type": "cached", "prm": {"type": "arithmetic"}, "max_entries": 10}))
+    assert load_prm(json_file).prm_id == load_prm("arithmetic").prm_id  # a cache does not change scores
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(PRMError, match="unknown PRM type 'magic'; known types: .*arithmetic"):
+        load_prm({"type": "magic"})
+    with pytest.raises(PRMError, match="unknown PRM type None"):
+        load_prm({"model": "x"})
+    with pytest.raises(PRMError, match="does not exist"):
+        load_prm(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("type: arithmetic\nright: [0.8\n")
+    with pytest.raises(PRMError, match="bad.yaml is not valid YAML"):
+        load_prm(str(bad))
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(PRMError, match="must hold a mapping"):
+        load_prm(str(listed))
+    field = tmp_path / "field.yaml"
+    field.write_text("type: step_tag\nmodel: some/model\nbatch_tokens: 10\n")
+    with pytest.raises(PRMError, match=r"field.yaml \(type 'step_tag'\): unknown field 'batch_tokens'"):
+        load_prm(str(field))
