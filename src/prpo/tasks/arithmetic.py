@@ -1,0 +1,273 @@
+"""Generated multi-step arithmetic word problems with one-equation-per-line reference solutions.
+
+A problem is a chain of integer steps told as a short story about a person and their items:
+
+    Mia has 3 apples. Mia finds 4 more apples. Then the number of apples Mia has doubles.
+    How many apples does Mia have now?
+
+and its reference solution writes one equation per step, then the answer line the grader reads
+(`Example.meta["solution"]`, for supervised warm starts; a rule-based PRM can judge each line):
+
+    3 + 4 = 7
+    7 * 2 = 14
+    Answer: 14
+
+Every number a solution uses is written in the problem as digits, except the 2 of "doubles" and
+"half". Results are positive integers (subtraction never reaches 0, division is exact).
+Difficulty knobs (`ArithmeticConfig`): number of steps, range of the numbers, allowed operations,
+largest multiplier/divisor, largest intermediate value, share of "a bags of b" openings.
+
+Train and test never share a problem: a chain belongs to the test split when a hash of its
+solution text falls in the lowest `TEST_PERCENT` percent, whatever the seed; each split is drawn
+from its own seeded generator and holds no solution twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from prpo.grading import extract_final_answer
+from prpo.tasks.base import Example, register_task
+from prpo.tasks.templates import Messages, Template, register_template
+
+OPS = "+-*/"
+SPLITS = ("train", "test")
+DEFAULT_SIZE = {"train": 1000, "test": 200}
+TEST_PERCENT = 20
+NAMES = ("Tom", "Mia", "Sam", "Lena", "Ben", "Ava", "Leo", "Nora", "Max", "Emma", "Omar", "Zoe")
+ITEMS = ("apples", "marbles", "stickers", "coins", "books", "pencils", "cards", "shells", "stamps", "cookies")
+
+_ADD = ("{name} finds {n} more {items}.", "{name} buys {n} more {items}.", "A friend gives {name} {n} more {items}.")
+_SUB = ("{name} gives away {n} {items}.", "{name} loses {n} {items}.", "{name} sells {n} {items}.")
+_MUL = ("Then {name} has {n} times as many {items} as before.",)
+_DOUBLE = ("Then the number of {items} {name} has doubles.",)
+_DIV = ("{name} puts the {items} into {n} equal piles and keeps one pile.",)
+_HALF = ("{name} gives away half of the {items}.",)
+
+_NUMBER = re.compile(r"\$?\s*(-?\d[\d,]*(?:\.\d+)?)")
+
+
+@dataclass(frozen=True)
+class ArithmeticConfig:
+    """Difficulty knobs. Ranges are inclusive `(low, high)`."""
+
+    steps: tuple[int, int] = (2, 3)
+    numbers: tuple[int, int] = (2, 20)
+    ops: str = "+-*"
+    max_factor: int = 3
+    max_value: int = 1000
+    groups: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "numbers"):
+            low, high = getattr(self, name)
+            if not 1 <= low <= high:
+                raise ValueError(f"arithmetic option {name}={getattr(self, name)}: need 1 <= low <= high")
+        if not self.ops or any(op not in OPS for op in self.ops):
+            raise ValueError(f"arithmetic option ops={self.ops!r}: use a non-empty subset of {OPS!r}")
+        if self.max_factor < 2:
+            raise ValueError(f"arithmetic option max_factor={self.max_factor}: must be at least 2")
+        if self.max_value < self.numbers[1]:
+            raise ValueError(f"arithmetic option max_value={self.max_value}: below the largest number {self.numbers[1]}")
+        if not 0.0 <= self.groups <= 1.0:
+            raise ValueError(f"arithmetic option groups={self.groups}: must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Step:
+    """`before op operand = after`."""
+
+    op: str
+    operand: int
+    before: int
+    after: int
+
+    @property
+    def equation(self) -> str:
+        return f"{self.before} {self.op} {self.operand} = {self.after}"
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A problem's arithmetic; `grouped`: the first step is told as "`before` bags of `operand`"."""
+
+    start: int
+    steps: tuple[Step, ...]
+    grouped: bool
+
+    @property
+    def answer(self) -> int:
+        return self.steps[-1].after
+
+    @property
+    def solution(self) -> str:
+        return "\n".join([step.equation for step in self.steps] + [f"Answer: {self.answer}"])
+
+
+def _apply(op: str, value: int, operand: int) -> int:
+    return {"+": value + operand, "-": value - operand, "*": value * operand, "/": value // operand}[op]
+
+
+def _operands(op: str, value: int, config: ArithmeticConfig) -> list[int]:
+    """Operands that keep the step an exact non-negative integer within `max_value`."""
+    low, high = config.numbers
+    if op == "+":
+        candidates = range(low, high + 1)
+    elif op == "-":
+        candidates = range(low, min(high, value - 1) + 1)  # results stay positive
+    elif op == "*":
+        candidates = range(2, config.max_factor + 1)
+    else:
+        candidates = [k for k in range(2, config.max_factor + 1) if value >= k and value % k == 0]
+    return [n for n in candidates if _apply(op, value, n) <= config.max_value]
+
+
+def draw_chain(rng: random.Random, config: ArithmeticConfig) -> Chain | None:
+    """A random chain, or None when the draw runs into a value no allowed operation can continue."""
+    low, high = config.numbers
+    length = rng.randint(*config.steps)
+    value = start = rng.randint(low, high)
+    steps: list[Step] = []
+    grouped = "*" in config.ops and rng.random() < config.groups
+    if grouped:
+        operand = rng.randint(low, high)
+        if value * operand > config.max_value:
+            return None
+        steps.append(Step("*", operand, value, value * operand))
+        value *= operand
+    while len(steps) < length:
+        choices = [(op, n) for op in config.ops for n in [_operands(op, value, config)] if n]
+        if not choices:
+            return None
+        op, operands = rng.choice(choices)
+        operand = rng.choice(operands)
+        steps.append(Step(op, operand, value, _apply(op, value, operand)))
+        value = steps[-1].after
+    return Chain(start, tuple(steps), grouped)
+
+
+def render_problem(chain: Chain, name: str, items: str, rng: random.Random) -> str:
+    """The chain as a story about `name` and their `items`."""
+    steps = list(chain.steps)
+    if chain.grouped:
+        first = steps.pop(0)
+        sentences = [f"{name} has {first.before} bags with {first.operand} {items} in each bag."]
+    else:
+        sentences = [f"{name} has {chain.start} {items}."]
+    for step in steps:
+        if step.op == "+":
+            phrases = _ADD
+        elif step.op == "-":
+            phrases = _SUB
+        elif step.op == "*":
+            phrases = _DOUBLE + _MUL if step.operand == 2 else _MUL
+        else:
+            phrases = _HALF + _DIV if step.operand == 2 else _DIV
+        sentences.append(rng.choice(phrases).format(name=name, items=items, n=step.operand))
+    sentences.append(f"How many {items} does {name} have now?")
+    return " ".join(sentences)
+
+
+def split_of(chain: Chain) -> str:
+    """`test` for TEST_PERCENT percent of all chains (by a hash of the solution), else `train`."""
+    digest = hashlib.blake2b(chain.solution.encode(), digest_size=8).digest()
+    return "test" if int.from_bytes(digest, "big") % 100 < TEST_PERCENT else "train"
+
+
+def generate(n: int, *, split: str = "train", seed: int = 0, config: ArithmeticConfig | None = None) -> list[Example]:
+    """`n` distinct problems of `split`, reproducible from `seed`."""
+    if split not in SPLITS:
+        raise ValueError(f"arithmetic split {split!r}: use one of {SPLITS}")
+    if n < 1:
+        raise ValueError(f"arithmetic: number of problems must be positive, got {n}")
+    config = config or ArithmeticConfig()
+    rng = random.Random(f"prpo-arithmetic/{split}/{seed}")
+    examples: list[Example] = []
+    seen: set[str] = set()
+    draws = 0
+    while len(examples) < n:
+        draws += 1
+        if draws > 200 * n + 10_000:
+            raise ValueError(
+                f"arithmetic: found only {len(examples)} distinct {split} problems of {n} in {draws - 1} draws "
+                f"with {config}; widen steps/numbers/ops or ask for fewer"
+            )
+        chain = draw_chain(rng, config)
+        if chain is None or chain.solution in seen or split_of(chain) != split:
+            continue
+        seen.add(chain.solution)
+        problem = render_problem(chain, rng.choice(NAMES), rng.choice(ITEMS), rng)
+        meta = {"solution": chain.solution, "steps": len(chain.steps), "ops": "".join(s.op for s in chain.steps),
+                "grouped": chain.grouped, "split": split, "seed": seed}
+        examples.append(Example(f"arithmetic-{split}-{len(examples)}", problem, str(chain.answer), meta))
+    return examples
+
+
+def answer_matches(response: str, gold: str) -> bool:
+    """Exact numeric match of the response's final answer (`Answer: N` or `\\boxed{N}`) with `gold`.
+
+    The answer must start with a number (`14`, `14 apples`, `$1,400`, `14.0`).
+    """
+    answer = extract_final_answer(response)
+    match = _NUMBER.match(answer) if answer is not None else None
+    if match is None:
+        return False
+    return Fraction(match.group(1).replace(",", "")) == Fraction(gold)
+
+
+# ---------------------------------------------------------------------------------------------
+# the one-shot prompt: a worked example in the chat, then the problem
+
+ONESHOT_CHAIN = Chain(3, (Step("+", 4, 3, 7), Step("*", 2, 7, 14)), grouped=False)
+ONESHOT_PROBLEM = (
+    "Tom has 3 apples. Tom finds 4 more apples. Then the number of apples Tom has doubles. "
+    "How many apples does Tom have now?"
+)
+
+
+def _oneshot_messages(problem: str) -> Messages:
+    return [
+        {"role": "user", "content": ONESHOT_PROBLEM},
+        {"role": "assistant", "content": ONESHOT_CHAIN.solution},
+        {"role": "user", "content": problem},
+    ]
+
+
+def _oneshot_text(problem: str) -> str:
+    return f"Problem: {ONESHOT_PROBLEM}\nSolution:\n{ONESHOT_CHAIN.solution}\n\nProblem: {problem}\nSolution:\n"
+
+
+register_template(Template("arithmetic_oneshot", _oneshot_messages, _oneshot_text))
+
+
+@register_task("arithmetic", template="arithmetic_oneshot", grader=answer_matches)
+def load_arithmetic(
+    *,
+    data_file: None = None,
+    dataset_id: None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    steps: Sequence[int] = (2, 3),
+    numbers: Sequence[int] = (2, 20),
+    ops: str = "+-*",
+    max_factor: int = 3,
+    max_value: int = 1000,
+    groups: float = 0.25,
+) -> list[Example]:
+    """`limit` generated problems (default 1000 train / 200 test) of split `train` (default) or `test`."""
+    if data_file is not None or dataset_id is not None:
+        raise ValueError("the arithmetic task is generated: it takes no data_file or dataset_id")
+    split = split or "train"
+    if split not in SPLITS:
+        raise ValueError(f"arithmetic split {split!r}: use one of {SPLITS}")
+    for name, pair in (("steps", steps), ("numbers", numbers)):
+        if len(pair) != 2:
+            raise ValueError(f"arithmetic option {name}={pair!r}: give [low, high]")
+    config = ArithmeticConfig(tuple(steps), tuple(numbers), ops, max_factor, max_value, groups)
+    return generate(limit or DEFAULT_SIZE[split], split=split, seed=seed, config=config)
