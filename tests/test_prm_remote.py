@@ -1,0 +1,236 @@
+"""PRM server and client over 127.0.0.1: real uvicorn servers, including deliberately faulty ones."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from prpo.commands import serve_prm
+from prpo.prm import ArithmeticPRM, PRMError, RemotePRM, load_prm
+from prpo.prm.server import background_server, create_app
+
+PROBLEM = "Tom has 3 boxes with 4 apples each. He eats 2 apples. How many apples are left?"
+RIGHT = ["3 * 4 = 12\n", "12 - 2 = 10\n", "Answer: 10"]
+WRONG = ["3 * 4 = 12\n", "12 - 2 = 11\n", "Answer: 11"]
+EXPECTED = ArithmeticPRM().score([PROBLEM] * 2, [RIGHT, WRONG])
+
+
+def client(url, **options) -> RemotePRM:
+    return load_prm({"type": "remote", "url": url, "backoff": 0.01, **options})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RecordingPRM(ArithmeticPRM):
+    def __init__(self):
+        super().__init__()
+        self.calls: list[int] = []
+
+    def score(self, problems, segments):
+        self.calls.append(len(segments))
+        return super().score(problems, segments)
+
+
+def scripted_server(plan):
+    """A faulty /score endpoint: the k-th request gets plan[k] (status, body or "slow"), then success."""
+    seen = []
+
+    async def score(request):
+        seen.append(await request.json())
+        step = plan[len(seen) - 1] if len(seen) <= len(plan) else "ok"
+        if step == "slow":
+            await asyncio.sleep(1.0)
+            step = "ok"
+        if step == "ok":
+            return JSONResponse({"scores": EXPECTED})
+        status, body = step
+        return PlainTextResponse(body, status_code=status) if isinstance(body, str) else JSONResponse(body, status_code=status)
+
+    return Starlette(routes=[Route("/score", score, methods=["POST"])]), seen
+
+
+def test_round_trip_with_batches_split_by_the_client():
+    prm = RecordingPRM()
+    with background_server(create_app(prm)) as url:
+        remote = client(url, max_batch_responses=1)
+        assert remote.score([PROBLEM] * 2, [RIGHT, WRONG]) == EXPECTED
+        assert remote.score([], []) == []
+        assert httpx.get(f"{url}/health").json() == {"status": "ok", "prm_id": prm.prm_id}
+    assert prm.calls == [1, 1]
+    assert remote.prm_id == f"remote({url})"
+
+
+def test_concurrent_requests_are_batched_into_fewer_model_calls():
+    prm = RecordingPRM()
+    with background_server(create_app(prm, batch_window=0.5)) as url:
+        start = threading.Barrier(8)
+        results = [None] * 8
+
+        def send(k):
+            remote = client(url)
+            start.wait()
+            results[k] = remote.score([PROBLEM], [RIGHT if k % 2 else WRONG])
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == [[EXPECTED[1]], [EXPECTED[0]]] * 4  # each caller gets its own scores back
+    assert sum(prm.calls) == 8 and len(prm.calls) < 8
+
+
+def test_server_down_retries_then_names_the_endpoint():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(PRMError, match=rf"PRM server {url}/score failed after 3 attempts: ConnectError"):
+        client(url, retries=2).score([PROBLEM], [RIGHT])
+
+
+def test_slow_server_times_out_then_succeeds_on_retry_or_fails_clearly():
+    app, seen = scripted_server(["slow", "slow"])
+    with background_server(app) as url:
+        assert client(url, timeout=0.2, retries=2).score([PROBLEM] * 2, [RIGHT, WRONG]) == EXPECTED
+        assert len(seen) == 3
+    app, seen = scripted_server(["slow"] * 3)
+    with background_server(app) as url:
+        with pytest.raises(PRMError, match=r"failed after 2 attempts: no answer within 0.2 s \(ReadTimeout\)"):
+            client(url, timeout=0.2, retries=1).score([PROBLEM] * 2, [RIGHT, WRONG])
+
+
+def test_5xx_answers_are_retried_until_success():
+    app, seen = scripted_server([(500, {"error": "CUDA out of memory"}), (503, "busy")])
+    with background_server(app) as url:
+        assert client(url, retries=2).score([PROBLEM] * 2, [RIGHT, WRONG]) == EXPECTED
+        assert len(seen) == 3 and seen[0] == seen[2] == {"problems": [PROBLEM] * 2, "segments": [RIGHT, WRONG]}
+    app, seen = scripted_server([(500, {"error": "CUDA out of memory"})] * 3)
+    with background_server(app) as url:
+        with pytest.raises(PRMError, match="failed after 2 attempts: HTTP 500: CUDA out of memory"):
+            client(url, retries=1).score([PROBLEM] * 2, [RIGHT, WRONG])
+
+
+def test_wrong_or_missing_token_is_a_401_not_retried(monkeypatch):
+    with background_server(create_app(ArithmeticPRM(), token="s3cret")) as url:
+        monkeypatch.setenv("PRM_TEST_TOKEN", "s3cret")
+        assert client(url, token_env="PRM_TEST_TOKEN").score([PROBLEM] * 2, [RIGHT, WRONG]) == EXPECTED
+        monkeypatch.setenv("PRM_TEST_TOKEN", "guess")
+        with pytest.raises(PRMError, match="refused the request: HTTP 401: missing or wrong bearer token"):
+            client(url, token_env="PRM_TEST_TOKEN").score([PROBLEM], [RIGHT])
+        monkeypatch.delenv("PRPO_PRM_TOKEN", raising=False)
+        with pytest.raises(PRMError, match="HTTP 401"):
+            client(url).score([PROBLEM], [RIGHT])
+        assert httpx.get(f"{url}/health").status_code == 401
+    monkeypatch.delenv("PRM_TEST_TOKEN")
+    with pytest.raises(PRMError, match="PRM token variable PRM_TEST_TOKEN is not set"):
+        client(url, token_env="PRM_TEST_TOKEN")
+    app, seen = scripted_server([(401, {"error": "no"})])
+    with background_server(app) as url:
+        with pytest.raises(PRMError, match="HTTP 401: no"):
+            client(url, retries=3).score([PROBLEM], [RIGHT])
+        assert len(seen) == 1
+
+
+def test_malformed_requests_get_clear_4xx_answers():
+    with background_server(create_app(ArithmeticPRM())) as url:
+        bad_json = httpx.post(f"{url}/score", content=b"{not json")
+        assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]
+        wrong_keys = httpx.post(f"{url}/score", json={"problems": []})
+        assert wrong_keys.status_code == 422 and "exactly the keys" in wrong_keys.json()["error"]
+        mismatch = httpx.post(f"{url}/score", json={"problems": ["p"], "segments": [["a"], ["b"]]})
+        assert mismatch.status_code == 422 and "1 problems for 2 responses" in mismatch.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        ((200, "this is not json"), "malformed answer"),
+        ((200, {"result": []}), "malformed answer"),
+        ((200, {"scores": [[0.9, 0.9, 0.9]]}), "returned 1 score rows for 2 responses"),
+        ((200, {"scores": [[0.9, 0.9, 0.9], [0.9, 0.1]]}), "returned 2 scores for response 1"),
+        ((200, {"scores": [[0.9, 0.9, 0.9], [0.9, 0.1, 7.0]]}), "response 1, segment 2 is 7.0"),
+    ],
+)
+def test_malformed_answers_are_errors_never_filled_in(answer, message):
+    app, _ = scripted_server([answer])
+    with background_server(app) as url:
+        with pytest.raises(PRMError, match=message):
+            client(url, retries=0).score([PROBLEM] * 2, [RIGHT, WRONG])
+
+
+def test_a_failing_request_does_not_fail_the_others_in_its_batch():
+    class FussyPRM(ArithmeticPRM):
+        def score(self, problems, segments):
+            if any(len(s) > 3 for s in segments):
+                raise PRMError("a response has more than 3 segments")
+            return super().score(problems, segments)
+
+    with background_server(create_app(FussyPRM(), batch_window=0.5)) as url:
+        results = {}
+
+        def send(name, segments):
+            try:
+                results[name] = client(url, retries=0).score([PROBLEM], [segments])
+            except PRMError as err:
+                results[name] = str(err)
+
+        threads = [threading.Thread(target=send, args=("good", RIGHT)),
+                   threading.Thread(target=send, args=("bad", RIGHT + ["x"]))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results["good"] == [EXPECTED[0]]
+    assert "HTTP 422: a response has more than 3 segments" in results["bad"]
+
+
+def test_serve_prm_command_serves_until_stopped(tmp_path, monkeypatch):
+    port = free_port()
+    config = tmp_path / "prm.yaml"
+    config.write_text("type: arithmetic\nright: 0.8\n")
+    monkeypatch.setenv("PRPO_SERVE_TOKEN", "t0ken")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prpo.cli", "serve-prm", "--prm", str(config), "--port", str(port),
+         "--token-env", "PRPO_SERVE_TOKEN", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", headers={"Authorization": "Bearer t0ken"}).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "serve-prm did not start"
+            time.sleep(0.2)
+        remote = client(url, token_env="PRPO_SERVE_TOKEN")
+        assert remote.score([PROBLEM], [RIGHT]) == [[0.8, 0.8, 0.8]]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_serve_prm_command_rejects_bad_configs(capsys, monkeypatch):
+    assert serve_prm.main(["--prm", "nope"]) == 2
+    assert "unknown PRM type 'nope'" in capsys.readouterr().err
+    assert serve_prm.main(["--prm", '{"type": "arithmetic", "rigth": 1}']) == 2
+    assert "unknown field 'rigth'" in capsys.readouterr().err
+    assert serve_prm.main(["--prm", "{bad json"]) == 2
+    assert "--prm is not valid JSON" in capsys.readouterr().err
+    monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
+    assert serve_prm.main(["--prm", "arithmetic", "--token-env", "NO_SUCH_TOKEN"]) == 2
+    assert "NO_SUCH_TOKEN is not set" in capsys.readouterr().err
