@@ -115,3 +115,18 @@ def test_vllm_backend_is_guarded(tiny_causal_lm_dir):
     with pytest.raises(ValueError, match="backend must be one of"):
         make_generator(str(tiny_causal_lm_dir), backend="tgi")
     assert isinstance(make_generator(str(tiny_causal_lm_dir), backend="auto"), HFGenerator)
+
+
+def test_decoding_ignores_the_model_generation_defaults(qwen_tokenizer):
+    """A shipped generation_config (e.g. Qwen2.5-Instruct: repetition_penalty 1.05, top_k 20) must not change greedy eval."""
+    from conftest import tiny_qwen2_config
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(tiny_qwen2_config(len(qwen_tokenizer))).eval()  # small weights: greedy repeats itself
+    ids = torch.tensor([render_prompt(qwen_tokenizer, CHAT)[1]])
+    plain = HFGenerator(model, qwen_tokenizer, progress=False).generate([CHAT], max_new_tokens=8)
+    model.generation_config.repetition_penalty, model.generation_config.top_k = 3.0, 20
+    penalised = model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:]
+    assert qwen_tokenizer.decode(penalised, skip_special_tokens=True) != plain[0][0].text  # the config matters to plain generate
+    assert HFGenerator(model, qwen_tokenizer, progress=False).generate([CHAT], max_new_tokens=8) == plain

@@ -126,7 +126,9 @@ class HFGenerator:
         check_sampling(max_new_tokens, temperature, top_p, samples)
         encoded = [render_prompt(self.tokenizer, prompt)[1] for prompt in prompts]
         jobs = sorted(((i, j) for i in range(len(prompts)) for j in range(samples)), key=lambda job: -len(encoded[job[0]]))
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        # exactly the decoding asked for: no top-k or repetition penalty from the model's generation config
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
+        sampling["repetition_penalty"] = 1.0
         if self.stop:
             sampling.update(stop_strings=list(self.stop), tokenizer=self.tokenizer)
         results: list[list[Completion | None]] = [[None] * samples for _ in prompts]
@@ -146,6 +148,7 @@ class HFGenerator:
                     max_new_tokens=max_new_tokens,
                     eos_token_id=self.eos_ids,
                     pad_token_id=self.pad_id,
+                    use_cache=True,
                     **sampling,
                 )
             for (i, j), new in zip(batch, output[:, width:].tolist()):
