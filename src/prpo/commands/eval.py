@@ -15,7 +15,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prpo eval",
         description="Evaluate a model on a math benchmark: greedy pass@1, or mean@N and unbiased pass@k with --samples N.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", help="hub id, local HF folder, run directory or checkpoint-N folder, or `smollm2` (offline)")
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
@@ -26,15 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="dataset split (default: test for built-in data; a file is one split)")
     parser.add_argument("--limit", type=int, help="evaluate the first N problems only")
     parser.add_argument("--template", help="prompt template (default: the benchmark's)")
-    parser.add_argument("--samples", type=int, default=1, help="responses per problem (N > 1 needs --temperature > 0)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per HF generate call")
+    parser.add_argument("--samples", type=int, default=1, help="responses per problem; N > 1 needs --temperature > 0 (default 1)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default 0)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="default 1024")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per HF generate call (default 16)")
     parser.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto", help="auto: vLLM if installed and a GPU is present")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto", help="auto (default): vLLM if installed and a GPU is present, else HF")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="default: the checkpoint's")
     parser.add_argument("--device", help="torch device for the HF backend (default: cuda if available, else cpu)")
     parser.add_argument("--output", help="output folder (default: eval-results/<model>-<benchmark>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results already in --output")
