@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import yaml
+from transformers.trainer_utils import SchedulerType
 from trl import GRPOConfig, ModelConfig
 
 SEGMENTERS = ("entropy", "marker", "fixed")
@@ -85,9 +86,12 @@ class PRPOConfig(GRPOConfig):
     delta: float | None = field(default=3.0, metadata={"help": "Dual clip of the ratio for negative advantages."})
     loss_type: str = field(default="dapo", metadata={"help": "Token-mean over the global batch ('dapo')."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})
+    lr_scheduler_type: SchedulerType | str = field(default="constant", metadata={"help": "Learning-rate schedule."})
     max_completion_length: int | None = field(default=2048, metadata={"help": "Longest response in tokens."})
     logging_steps: float = field(default=1, metadata={"help": "Log every step."})
+    # TRL turns checkpointing on through the alias transformers deprecates; use the new name instead.
+    activation_checkpointing: bool | None = field(default=True, metadata={"help": "Recompute activations in backward."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of the above."})
 
     def __post_init__(self):
         # TRL turns bf16 on whenever it is unset, which transformers then rejects on a machine without a GPU.
@@ -232,20 +236,16 @@ def _deepcopy(data: Any) -> Any:
 # ----------------------------------------------------------------------------- validation
 
 
-def _type_name(annotation: Any) -> str:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return "null"
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
 def _has_type(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return True
     if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, a) for a in typing.get_args(annotation))
+        options = typing.get_args(annotation)
+        enums = [a for a in options if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):  # `SchedulerType | str`: the string must name a member
+            return any(_has_type(value, e) for e in enums)
+        return any(_has_type(value, a) for a in options)
     if annotation is type(None):
         return value is None
     if annotation is bool:
@@ -282,6 +282,18 @@ def _check_fields(cls: type, values: Mapping[str, Any], prefix: str, extra: Sequ
             raise ConfigError(dotted, f"unknown key{_did_you_mean(key, [*known, *extra])}")
         if not _has_type(value, hints[key]):
             raise ConfigError(dotted, f"expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        enums = [a for a in options if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums:
+            return "one of " + ", ".join(m.value for e in enums for m in e)
+        return " or ".join(_type_name(a) for a in options)
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _required(cls: type) -> list[str]:

@@ -94,10 +94,6 @@ class OutcomeReward:
         return self.rewards
 
 
-def _grade_each(grader: Callable[[str, str], bool], responses: list[str], golds: list[str]) -> list[bool]:
-    return [bool(grader(response, gold)) for response, gold in zip(responses, golds, strict=True)]
-
-
 class GenerationEntropy:
     """Forward hook keeping ``H(softmax(logits[:, -1] / T))`` of each decoding step of `generate`."""
 
@@ -157,7 +153,8 @@ class PRPOTrainer(GRPOTrainer):
         args: a `PRPOConfig`.
         train_dataset: rows with ``prompt``, ``problem``, ``answer`` and ``prompt_id``.
         prm: a `prpo.prm.ProcessRewardModel`; default ``load_prm(args.prm)`` when the method uses one.
-        grader: ``grader(response, gold) -> bool`` (e.g. ``task.grader``); default `prpo.grading.is_correct_many`.
+        grader: ``grader(responses, golds) -> list[bool]`` (e.g. ``task.grade``); default
+            `prpo.grading.is_correct_many` with ``args.grading_timeout``.
     """
 
     _tag_names = ["trl", "grpo", "prpo"]
@@ -169,7 +166,7 @@ class PRPOTrainer(GRPOTrainer):
         train_dataset,
         *,
         prm=None,
-        grader: Callable[[str, str], bool] | None = None,
+        grader: Callable[[list[str], list[str]], list[bool]] | None = None,
         eval_dataset=None,
         processing_class=None,
         callbacks: Sequence[Any] = (),
@@ -182,9 +179,7 @@ class PRPOTrainer(GRPOTrainer):
         if grader is None:
             from prpo.grading import is_correct_many
 
-            grade_many = functools.partial(is_correct_many, timeout=args.grading_timeout)
-        else:
-            grade_many = functools.partial(_grade_each, grader)
+            grader = functools.partial(is_correct_many, timeout=args.grading_timeout)
         self.uses_prm = args.uses_prm()
         if prm is None and self.uses_prm:
             from prpo.prm import load_prm
@@ -192,7 +187,7 @@ class PRPOTrainer(GRPOTrainer):
             prm = load_prm(args.prm)
         self.prm = prm
         self.advantage_kwargs = args.advantage_kwargs()
-        self.outcome_reward = OutcomeReward(grade_many, args)
+        self.outcome_reward = OutcomeReward(grader, args)
         self.run_files = RunFiles(args.output_dir, collapse_window=args.collapse_window, collapse_drop=args.collapse_drop)
         super().__init__(
             model=model,
@@ -280,9 +275,9 @@ class PRPOTrainer(GRPOTrainer):
         finally:
             self._capture_old_entropy = False
         self._times["grade"] += self.outcome_reward.seconds
-        output["advantages"] = self._token_advantages(inputs, output, mode)
+        output["advantages"] = self.token_advantages(inputs, output, self._rollout_lengths, mode)
         elapsed = time.perf_counter() - start
-        self._times["other"] = elapsed - sum(self._times.values())
+        self._times["logprobs_other"] = elapsed - sum(self._times.values())
         for name, seconds in self._times.items():
             self._metrics[mode][f"time/{name}"].append(seconds)
         self._rollout_seconds = elapsed
@@ -340,11 +335,16 @@ class PRPOTrainer(GRPOTrainer):
         """[B_local, T_local] on every process -> [B_global, T_max], padded on the right with ``pad``."""
         return self.accelerator.gather(self.accelerator.pad_across_processes(tensor, dim=1, pad_index=pad))
 
-    def _token_advantages(self, inputs: list[dict[str, Any]], output: dict[str, Any], mode: str) -> Tensor:
+    def token_advantages(self, inputs: list[dict[str, Any]], output: dict[str, Any], lengths: list[int], mode: str) -> Tensor:
+        """This process's rows of ``A[B, T]`` for a rollout already graded by `outcome_reward`.
+
+        ``inputs`` are the dataset rows (prompt id, problem, gold answer), ``output`` TRL's rollout
+        tensors, ``lengths`` the valid response tokens of each row (EOS included).
+        """
         completion_ids = output["completion_ids"]
         device = completion_ids.device
         batch, width = completion_ids.shape
-        lengths = torch.tensor(self._rollout_lengths, device=device)
+        lengths = torch.tensor(lengths, device=device)
         mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
 
         segment_ids = segment_texts = scores = token_scores = None

@@ -1,0 +1,137 @@
+"""`prpo train [CONFIG.yaml] [--key value ...] [--dry-run] [--resume]`.
+
+Without CONFIG it runs the offline quickstart (configs/quickstart.yaml). Keys override the YAML
+with dotted names (`--task.limit 8`, `--prm.type arithmetic`, `--learning_rate 2e-6`). The
+resolved config is written to `<output_dir>/config.yaml`; the final model to `<output_dir>/final`.
+Several processes: `accelerate launch [--config_file zero3.yaml] -m prpo.cli train CONFIG.yaml`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prpo.config import ConfigError, RunConfig, TaskConfig, load_config
+
+QUICKSTART = Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml"
+FLAGS = {"--dry-run", "--resume"}
+USAGE = """usage: prpo train [CONFIG.yaml] [--key value ...] [--dry-run] [--resume]
+
+  CONFIG.yaml   run config (default: configs/quickstart.yaml, the offline SmolLM2 arithmetic run)
+  --key value   override a config key; dotted keys reach into sections (--task.limit 8)
+  --dry-run     validate the config, build the task, PRM spec and model path, print the resolved
+                config and exit (no weights are loaded)
+  --resume      continue from the last checkpoint in output_dir (optimizer, scheduler, RNG, data order)
+"""
+
+
+def _split_argv(argv: list[str]) -> tuple[str | None, set[str], list[str]]:
+    config = argv[0] if argv and not argv[0].startswith("--") else None
+    rest = argv[1:] if config is not None else argv
+    flags = {a for a in rest if a in FLAGS}
+    return config, flags, [a for a in rest if a not in FLAGS]
+
+
+def load_task_section(section: TaskConfig, key: str):
+    """`prpo.tasks.load_task` on a task section; a bad section raises ConfigError naming it."""
+    from prpo.tasks import load_task
+
+    try:
+        return load_task(
+            section.name, data_file=section.data_file, dataset_id=section.dataset_id, split=section.split,
+            limit=section.limit, template=section.template, **section.options,
+        )
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise ConfigError(key, str(err)) from err
+
+
+def check_prm_spec(spec: dict) -> None:
+    """Validate a PRM spec against its adapter's Config without loading any weights."""
+    from prpo.prm import PRM_REGISTRY, PRMError
+    from prpo.prm.base import build_config
+
+    kind = spec.get("type")
+    if kind not in PRM_REGISTRY:
+        raise ConfigError("prm.type", f"unknown PRM type {kind!r}; known: {', '.join(sorted(PRM_REGISTRY))}")
+    fields = {k: v for k, v in spec.items() if k != "type"}
+    try:
+        build_config(PRM_REGISTRY[kind].Config, fields, where=f"prm (type {kind!r})")
+    except PRMError as err:
+        raise ConfigError("prm", str(err)) from err
+
+
+def resolve_policy(config: RunConfig) -> str:
+    from prpo.models import resolve_model
+
+    try:
+        return resolve_model(config.model.model_name_or_path)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError("model.model_name_or_path", str(err)) from err
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path) if Path(path).is_dir() else None
+
+
+def dry_run(config: RunConfig) -> None:
+    """Everything that needs no weights: task rows, PRM spec, model path, trainer arguments."""
+    task = load_task_section(config.task, "task")
+    if config.eval_task is not None:
+        load_task_section(config.eval_task, "eval_task")
+    if config.training.prm is not None:
+        check_prm_spec(config.training.prm)
+    path = resolve_policy(config)
+    print(f"# task {task.name}: {len(task)} problems; policy: {path}", file=sys.stderr)
+    print(config.to_yaml(), end="")
+
+
+def train(config: RunConfig, *, resume: bool) -> None:
+    from trl import get_peft_config, get_quantization_config
+
+    from prpo.trainer import PRPOTrainer
+
+    args = config.training
+    task = load_task_section(config.task, "task")
+    eval_task = None if config.eval_task is None else load_task_section(config.eval_task, "eval_task")
+    path = resolve_policy(config)
+    tokenizer = _tokenizer(path)
+    model = config.model
+    init_kwargs = {"revision": model.model_revision, "dtype": model.dtype, "attn_implementation": model.attn_implementation}
+    quantization = get_quantization_config(model)
+    if quantization is not None:
+        init_kwargs["quantization_config"] = quantization
+    args.model_init_kwargs = {**{k: v for k, v in init_kwargs.items() if v is not None}, **(args.model_init_kwargs or {})}
+    output_dir = Path(args.output_dir)
+    if args.process_index == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    trainer = PRPOTrainer(
+        path,
+        args,
+        task.to_dataset(tokenizer),
+        grader=task.grade,
+        eval_dataset=None if eval_task is None else eval_task.to_dataset(tokenizer),
+        processing_class=None,
+        peft_config=get_peft_config(model),
+    )
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.save_model(str(output_dir / "final"))
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    path, flags, overrides = _split_argv(list(argv))
+    try:
+        config = load_config(path or QUICKSTART, overrides)
+        if "--dry-run" in flags:
+            dry_run(config)
+            return 0
+        train(config, resume="--resume" in flags)
+    except ConfigError as err:
+        print(f"prpo train: error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,170 @@
+"""Run config: validation errors name the key, overrides, round trip, shipped configs, `prpo train --dry-run`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prpo.commands import train as train_command
+from prpo.config import ConfigError, PRPOConfig, apply_overrides, build_config, load_config, parse_value
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BASE = {
+    "model": {"model_name_or_path": "some/model"},
+    "task": {"name": "arithmetic"},
+    "prm": {"type": "arithmetic"},
+    "output_dir": "unused",
+    "num_generations": 4,
+    "per_device_train_batch_size": 8,
+}
+
+
+def _error(**changes) -> ConfigError:
+    data = {**BASE, **changes}
+    with pytest.raises(ConfigError) as info:
+        build_config(data)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "changes, key, words",
+    [
+        ({"learnin_rate": 1e-6}, "learnin_rate", "did you mean 'learning_rate'"),
+        ({"task": {"name": "math", "limt": 3}}, "task.limt", "did you mean 'limit'"),
+        ({"model": {"model_name_or_path": "m", "dtyp": "bfloat16"}}, "model.dtyp", "did you mean 'dtype'"),
+        ({"modle": {}}, "modle", "did you mean 'model'"),
+        ({"learning_rate": "fast"}, "learning_rate", "expected float"),
+        ({"num_generations": 4.5}, "num_generations", "expected int"),
+        ({"bf16": "yes"}, "bf16", "bool"),
+        ({"lr_scheduler_type": "sometimes"}, "lr_scheduler_type", "one of linear"),
+        ({"method": "prp"}, "method", "did you mean 'prpo'"),
+        ({"segmenter": "spikes"}, "segmenter", "entropy, marker, fixed"),
+        ({"loss_type": "vespo"}, "loss_type", "not one of"),
+        ({"prm": None}, "prm", "PRM"),
+        ({"prm": {"right": 0.9}}, "prm.type", "required"),
+        ({"correct_reward": -1.0, "wrong_reward": 1.0}, "correct_reward", "must exceed"),
+        ({"num_generations": 3}, "generation_batch_size", "divisible by num_generations"),
+        ({"delta": 1.1}, "delta", "dual clip"),
+        ({"sigma0": 0.0}, "sigma0", "> 0"),
+        ({"advantage_options": {"tau": 0.2}}, "advantage_options.tau", "method 'prpo' takes"),
+        ({"max_completion_length": 12, "min_gap": 10}, "min_gap", "2 * min_gap"),
+        ({"remove_unused_columns": True}, "remove_unused_columns", "prompt_id"),
+    ],
+)
+def test_bad_config_names_the_key(changes, key, words):
+    err = _error(**changes)
+    assert err.key == key
+    assert words in str(err) and key in str(err)
+
+
+def test_missing_sections_are_named():
+    assert _error(model=None).key == "model"
+    assert _error(task={"limit": 2}).key == "task.name"
+    assert _error(model={"dtype": "float32"}).key == "model.model_name_or_path"
+
+
+def test_valid_config_builds_paper_defaults():
+    config = build_config(BASE)
+    args = config.training
+    assert isinstance(args, PRPOConfig)
+    assert (args.method, args.segmenter, args.k, args.min_gap) == ("prpo", "entropy", 5, 10)
+    assert (args.epsilon, args.delta, args.beta, args.loss_type) == (0.2, 3.0, 0.001, "dapo")
+    assert (args.learning_rate, args.weight_decay, args.max_grad_norm) == (1e-6, 0.01, 1.0)
+    assert args.lr_scheduler_type.value == "constant"
+    assert (args.num_generations, args.temperature, args.max_completion_length) == (4, 1.0, 2048)
+    assert math.isclose(args.sigma0, math.sqrt(1 / 24)) and args.mu0 == 0.5
+    assert args.advantage_kwargs() == {
+        "normalization": "fixed_prior", "mu0": 0.5, "sigma0": args.sigma0, "outcome_scale": "none", "eps": 1e-6,
+    }
+    assert build_config({**BASE, "method": "grpo", "prm": None}).training.advantage_kwargs() == {"eps": 1e-6}
+
+
+def test_overrides_use_dotted_keys_and_yaml_values():
+    data = apply_overrides(BASE, ["--task.limit", "8", "--learning_rate=2e-6", "--prm.noise", "0.1",
+                                  "--report_to", "[tensorboard]", "--task.options.seed", "3"])
+    assert data["task"] == {"name": "arithmetic", "limit": 8, "options": {"seed": 3}}
+    assert data["learning_rate"] == 2e-6 and data["prm"] == {"type": "arithmetic", "noise": 0.1}
+    assert data["report_to"] == ["tensorboard"]
+    assert BASE["task"] == {"name": "arithmetic"}  # the input is left alone
+    assert parse_value("1e-6") == 1e-6 and parse_value("true") is True and parse_value("prpo") == "prpo"
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(BASE, ["--task.limit"])
+    assert info.value.key == "task.limit"
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(BASE, ["--output_dir.sub", "1"])
+    assert info.value.key == "output_dir"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = build_config({**BASE, "learning_rate": 3e-6, "eval_task": {"name": "arithmetic", "split": "test"}})
+    text = config.to_yaml()
+    data = yaml.safe_load(text)
+    assert data["learning_rate"] == 3e-6 and data["method"] == "prpo" and data["task"]["limit"] is None
+    assert "lora_r" in data["model"] and "beta" in data  # every key, defaults included
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    again = load_config(path)
+    assert again.to_yaml() == text
+    assert again.training.generation_batch_size == config.training.generation_batch_size
+
+
+def test_shipped_configs_validate_and_the_paper_config_has_the_paper_settings():
+    for name in ("quickstart.yaml", "cpu-tiny.yaml"):
+        assert load_config(CONFIGS / name).training.method == "prpo"
+    paper = load_config(CONFIGS / "paper-qwen2.5-math-1.5b.yaml")
+    args = paper.training
+    assert paper.model.model_name_or_path == "Qwen/Qwen2.5-Math-1.5B"
+    assert args.prm == {"type": "step_tag", "model": "Qwen/Qwen2.5-Math-PRM-7B"}
+    assert (paper.task.name, paper.eval_task.name) == ("math", "math500")
+    assert (args.epsilon, args.delta, args.beta, args.loss_type, args.learning_rate) == (0.2, 3.0, 0.001, "dapo", 1e-6)
+    assert (args.num_generations, args.temperature, args.top_p) == (8, 1.0, 1.0)
+    assert (args.max_prompt_length, args.max_completion_length, args.overlong_len) == (2048, 2048, 2048)
+    assert (args.k, args.min_gap, args.normalization) == (5, 10, "fixed_prior")
+    # 128 prompts x 8 rollouts per optimiser step on one 8-GPU node, fully on-policy
+    assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 128 * 8
+    assert args.steps_per_generation == args.gradient_accumulation_steps and args.num_iterations == 1
+
+
+def test_dry_run_prints_the_resolved_config(tiny_causal_lm_dir, capsys):
+    code = train_command.main([str(CONFIGS / "cpu-tiny.yaml"), "--dry-run",
+                               "--model.model_name_or_path", str(tiny_causal_lm_dir), "--method", "pure"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    data = yaml.safe_load(out.out)
+    assert data["method"] == "pure" and data["model"]["model_name_or_path"] == str(tiny_causal_lm_dir)
+    assert "task arithmetic: 8 problems" in out.err
+
+
+def test_dry_run_of_the_paper_config_on_local_data(shared_data, capsys):
+    code = train_command.main([
+        str(CONFIGS / "paper-qwen2.5-math-1.5b.yaml"), "--dry-run",
+        "--task.options.data_dir", str(shared_data), "--task.options.skip_bad_rows", "true",
+        "--eval_task.options.data_dir", str(shared_data),
+    ])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert yaml.safe_load(out.out)["prm"]["model"] == "Qwen/Qwen2.5-Math-PRM-7B"
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--learnin_rate", "1e-6"], "'learnin_rate': unknown key; did you mean 'learning_rate'"),
+        (["--prm.rigth", "0.9"], "unknown field 'rigth'"),
+        (["--task.name", "nosuchtask"], "unknown task 'nosuchtask'"),
+        (["--model.model_name_or_path", "./no/such/folder"], "does not exist"),
+    ],
+)
+def test_dry_run_of_a_bad_config_exits_1_with_the_error(args, words, capsys):
+    code = train_command.main([str(CONFIGS / "cpu-tiny.yaml"), "--dry-run", *args])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("prpo train: error:") and words in err
+
+
+def test_missing_config_file_is_an_error(tmp_path, capsys):
+    assert train_command.main([str(tmp_path / "nope.yaml"), "--dry-run"]) == 1
+    assert "does not exist" in capsys.readouterr().err
