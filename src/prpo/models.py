@@ -123,6 +123,7 @@ def converted_gguf_folder(gguf: Path, target: Path, display_name: str) -> Path:
             files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
             manifest = {"source": _source_stamp(gguf, with_sha=True), "files": files}
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            staging.chmod(0o755)  # mkdtemp made it private
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
