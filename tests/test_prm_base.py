@@ -4,8 +4,10 @@ import json
 import math
 
 import pytest
+from conftest import REPO_ROOT
 
 from prpo.prm import PRM_REGISTRY, ArithmeticPRM, PRMError, ProcessRewardModel, load_prm, validate_scores
+from prpo.prm.base import build_config, read_config_file
 
 SEGMENTS = [["a", "b"], ["c"]]
 
@@ -74,3 +76,15 @@ def test_load_errors_are_clear(tmp_path):
     field.write_text("type: step_tag\nmodel: some/model\nbatch_tokens: 10\n")
     with pytest.raises(PRMError, match=r"field.yaml \(type 'step_tag'\): unknown field 'batch_tokens'"):
         load_prm(str(field))
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "prm").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    """Every shipped PRM config names a known type and only known, well-typed fields (no model is loaded)."""
+    data = dict(read_config_file(path))
+    while True:
+        kind = data.pop("type")
+        config = build_config(PRM_REGISTRY[kind].Config, data, where=str(path))
+        if kind != "cached":
+            break
+        data = dict(config.prm)

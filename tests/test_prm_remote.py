@@ -1,7 +1,6 @@
 """PRM server and client over 127.0.0.1: real uvicorn servers, including deliberately faulty ones."""
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys

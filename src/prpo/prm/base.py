@@ -118,7 +118,7 @@ def load_prm(spec: str | Path | Mapping[str, Any]) -> ProcessRewardModel:
     source = "config"
     if isinstance(spec, Path) or (isinstance(spec, str) and spec not in PRM_REGISTRY and _looks_like_file(spec)):
         source = str(spec)
-        spec = _read_config_file(Path(spec))
+        spec = read_config_file(Path(spec))
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, Mapping):
@@ -180,7 +180,7 @@ def _looks_like_file(spec: str) -> bool:
     return spec.endswith((".yaml", ".yml", ".json")) or Path(spec).is_file()
 
 
-def _read_config_file(path: Path) -> Mapping[str, Any]:
+def read_config_file(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise PRMError(f"PRM config file {path} does not exist")
     text = path.read_text()
