@@ -1,0 +1,111 @@
+"""The benchmark's problems and warm-start data.
+
+Problems are the chains of `prpo.tasks.arithmetic` (same train/test split, same line-by-line
+solutions the `arithmetic` PRM judges), told tersely so that a character-level policy reads short
+prompts::
+
+    problem:   3 + 4 then * 2 then - 5
+    solution:  3 + 4 = 7
+               7 * 2 = 14
+               14 - 5 = 9
+               Answer: 9
+
+Warm-start solutions carry realistic step errors: a step's result slips (off by one or two, off by
+ten, swapped digits) and the following steps carry on consistently from the wrong value, so the
+final answer is wrong too. A policy fitted to them makes such errors at a middling rate, which RL
+can then train away.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prpo.tasks import Example, Task
+from prpo.tasks.arithmetic import ArithmeticConfig, answer_matches, generate
+from prpo.tasks.templates import Template, register_template
+
+TEMPLATE = register_template(
+    Template("bench_arithmetic", lambda problem: [{"role": "user", "content": problem}], lambda p: f"{p}\n")
+)
+_EQUATION = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$")
+_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of a solution: ``before op operand = after``."""
+
+    before: int
+    op: str
+    operand: int
+    after: int
+
+
+def parse_solution(solution: str) -> list[Step]:
+    """The equations of a reference solution (the generator's one-equation-per-line format)."""
+    steps = []
+    for line in solution.splitlines():
+        if line.startswith("Answer:"):
+            break
+        match = _EQUATION.match(line)
+        if match is None:
+            raise ValueError(f"not a solution line: {line!r}")
+        steps.append(Step(int(match[1]), match[2], int(match[3]), int(match[4])))
+    return steps
+
+
+def terse_problem(steps: Sequence[Step]) -> str:
+    """``3 + 4 then * 2 then - 5``."""
+    head = f"{steps[0].before} {steps[0].op} {steps[0].operand}"
+    return " then ".join([head] + [f"{s.op} {s.operand}" for s in steps[1:]])
+
+
+def write_solution(steps: Sequence[Step]) -> str:
+    """Solution lines for ``steps``, each with its stated result, then the answer line."""
+    return "\n".join([f"{s.before} {s.op} {s.operand} = {s.after}" for s in steps] + [f"Answer: {steps[-1].after}"])
+
+
+def slip(value: int, rng: random.Random) -> int:
+    """A plausible wrong result for ``value``: off by 1 or 2, off by 10, or two digits swapped."""
+    kinds = ["small", "ten"] + (["swap"] if value >= 10 and value % 10 != value // 10 % 10 else [])
+    kind = rng.choice(kinds)
+    if kind == "swap":
+        digits = list(str(value))
+        digits[-1], digits[-2] = digits[-2], digits[-1]
+        return int("".join(digits))
+    delta = rng.choice([-2, -1, 1, 2]) if kind == "small" else rng.choice([-10, 10])
+    return value + delta if value + delta >= 0 else value + abs(delta)
+
+
+def with_step_errors(steps: Sequence[Step], rng: random.Random, error_rate: float) -> list[Step]:
+    """Re-derive ``steps``: each result slips with probability ``error_rate``; later steps carry on from it."""
+    out, value = [], steps[0].before
+    for step in steps:
+        result = _APPLY[step.op](value, step.operand)
+        if rng.random() < error_rate:
+            result = slip(result, rng)
+        out.append(Step(value, step.op, step.operand, result))
+        value = result
+    return out
+
+
+def bench_task(split: str, n: int, steps: tuple[int, int], seed: int, numbers: tuple[int, int] = (2, 20)) -> Task:
+    """``n`` terse problems of the arithmetic generator's ``split`` with ``steps`` equations each."""
+    config = ArithmeticConfig(steps=steps, numbers=numbers, ops="+-*", max_factor=3, max_value=500, groups=0.0)
+    examples = []
+    for example in generate(n, split=split, seed=seed, config=config):
+        chain = parse_solution(example.meta["solution"])
+        examples.append(Example(example.id, terse_problem(chain), example.answer, dict(example.meta)))
+    return Task(f"bench-{split}-{steps[0]}-{steps[1]}", examples, TEMPLATE.name, answer_matches)
+
+
+def warm_start_rows(task: Task, rng: random.Random, error_rate: float) -> list[dict[str, str]]:
+    """Prompt/completion rows for supervised warm start, with step errors at ``error_rate``."""
+    rows = []
+    for example in task.examples:
+        steps = with_step_errors(parse_solution(example.meta["solution"]), rng, error_rate)
+        rows.append({"prompt": TEMPLATE.text(example.problem), "completion": write_solution(steps)})
+    return rows

@@ -1,0 +1,106 @@
+"""Benchmark pieces: problems and step errors, the character tokenizer, and the summary statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from prpo.bench.data import Step, bench_task, parse_solution, slip, terse_problem, warm_start_rows, with_step_errors, write_solution
+from prpo.bench.policy import char_tokenizer
+from prpo.bench.summary import markdown, mean_ci, summarise, t95, write_summary
+from prpo.prm import load_prm
+
+
+def test_terse_problems_keep_the_generator_split_and_solutions():
+    train = bench_task("train", 50, (2, 3), seed=0)
+    test = bench_task("test", 50, (2, 3), seed=0)
+    assert not {e.meta["solution"] for e in train.examples} & {e.meta["solution"] for e in test.examples}
+    example = train.examples[0]
+    steps = parse_solution(example.meta["solution"])
+    assert write_solution(steps) == example.meta["solution"]
+    assert terse_problem(steps).startswith(f"{steps[0].before} {steps[0].op} {steps[0].operand}")
+    assert terse_problem(steps).count(" then ") == len(steps) - 1
+    assert train.grader(example.meta["solution"], example.answer)
+
+
+def test_step_errors_slip_and_carry_on_consistently():
+    rng = random.Random(0)
+    for value in [0, 7, 12, 55, 130]:
+        wrong = slip(value, rng)
+        assert wrong != value and wrong >= 0
+    steps = [Step(3, "+", 4, 7), Step(7, "*", 2, 14), Step(14, "-", 5, 9)]
+    assert with_step_errors(steps, rng, 0.0) == steps
+    corrupted = with_step_errors(steps, random.Random(3), 1.0)
+    assert all(a.after != b.after for a, b in zip(corrupted, steps))
+    for before, after in zip(corrupted, corrupted[1:]):
+        assert after.before == before.after  # later steps continue from the slipped value
+
+
+def test_warm_start_errors_are_what_the_arithmetic_prm_flags():
+    task = bench_task("train", 40, (2, 3), seed=1)
+    prm = load_prm("arithmetic")
+    rows = warm_start_rows(task, random.Random(0), error_rate=0.5)
+    flagged = 0
+    for example, row in zip(task.examples, rows):
+        lines = [line + "\n" for line in row["completion"].split("\n")]
+        scores = prm.score([example.problem], [lines])[0]
+        clean = row["completion"] == example.meta["solution"]
+        assert (min(scores) > 0.5) == clean  # every error is caught, no clean solution is blamed
+        flagged += not clean
+    assert 5 < flagged < 35
+
+
+def test_char_tokenizer_round_trips():
+    tokenizer = char_tokenizer()
+    text = "13 - 8 then * 2\n13 - 8 = 5\nAnswer: 10"
+    ids = tokenizer(text)["input_ids"]
+    assert len(ids) == len(text) and tokenizer.decode(ids) == text
+    assert tokenizer("5</s>")["input_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_t_interval():
+    assert t95(4) == pytest.approx(2.776)
+    assert t95(100) == 1.96
+    mean, half = mean_ci([0.2, 0.4, 0.6])
+    assert mean == pytest.approx(0.4) and half == pytest.approx(4.303 * 0.2 / math.sqrt(3))
+    assert math.isnan(mean_ci([0.5])[1])
+
+
+def _fake_run(root, setting, method, seed, accuracies, lengths):
+    folder = root / "runs" / setting / method / f"seed-{seed}"
+    folder.mkdir(parents=True)
+    with (folder / "eval.jsonl").open("w") as out:
+        for step, acc in zip([0, 5, 10], accuracies):
+            out.write(json.dumps({"step": step, "heldout/accuracy": acc, "heldout_long/accuracy": acc / 2,
+                                  "heldout/length": 40.0, "heldout/final_answer_rate": 1.0}) + "\n")
+    with (folder / "metrics.jsonl").open("w") as out:
+        for step, length in enumerate(lengths, 1):
+            out.write(json.dumps({"step": step, "step_time": 2.0 if method == "grpo" else 2.2,
+                                  "completions/mean_length": length, "final_answer_rate": length / 40}) + "\n")
+
+
+def test_summary_table_from_run_files(tmp_path):
+    for seed in range(3):
+        _fake_run(tmp_path, "clean", "grpo", seed, [0.4, 0.45, 0.5], [40] * 10)
+        _fake_run(tmp_path, "clean", "prpo", seed, [0.4, 0.5 + 0.01 * seed, 0.6], [40] * 10)
+        _fake_run(tmp_path, "clean", "process_only", seed, [0.4, 0.3, 0.1], [40, 40, 40, 30, 20, 10, 8, 6, 5, 4])
+    table = summarise(tmp_path)
+    assert table["clean/grpo"]["final_accuracy"][0] == pytest.approx(0.5)
+    assert table["clean/prpo"]["steps_to_grpo_final"] == 5
+    assert table["clean/process_only"]["steps_to_grpo_final"] is None
+    assert table["clean/process_only"]["collapsed_seeds"] == 3 and table["clean/prpo"]["collapsed_seeds"] == 0
+    text = markdown(table)
+    assert "| clean | prpo | 3 | 40.0 ± 0.0 | 60.0 ± 0.0 | 30.0 ± 0.0 | 5 |" in text
+    assert "PRPO/GRPO step-time ratio (clean runs): 1.10" in text
+    path = write_summary(tmp_path)
+    assert (tmp_path / "bench-clean.png").stat().st_size > 10_000 and "bench-clean.png" in path.read_text()
+
+
+def test_summary_names_a_bad_line(tmp_path):
+    _fake_run(tmp_path, "clean", "grpo", 0, [0.4, 0.45, 0.5], [40] * 3)
+    (tmp_path / "runs/clean/grpo/seed-0/eval.jsonl").write_text('{"step": 0}\nnot json\n')
+    with pytest.raises(ValueError, match="eval.jsonl line 2: not JSON"):
+        summarise(tmp_path)
