@@ -46,6 +46,11 @@ def test_default_file_from_data_dir_and_env(shared_data, monkeypatch):
     assert load_task("math", split="test", limit=3).examples[0].id == "test/precalculus/807.json"
 
 
+def test_missing_default_file_in_an_explicit_data_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"aime24\.jsonl: no such data file"):
+        load_task("aime24", data_dir=tmp_path)
+
+
 def test_math_train_file_has_two_empty_answers(shared_data):
     path = shared_data / "math_train_answers.json"
     with pytest.raises(ValueError, match=r"math_train_answers\.json line 9202: field 'final_answer' is empty"):
@@ -112,6 +117,12 @@ def test_bad_math_rows(tmp_path, row, message):
     path = _write_jsonl(tmp_path / "m.jsonl", [{"problem": "fine", "answer": "2"}, row])
     with pytest.raises(ValueError, match=r"m\.jsonl line 2: " + message):
         load_task("math", data_file=path)
+
+
+def test_skip_bad_rows_still_needs_one_good_row(tmp_path):
+    path = _write_jsonl(tmp_path / "m.jsonl", [{"problem": "p"}, {"problem": "q", "answer": ""}])
+    with pytest.warns(UserWarning, match="skipped 2 bad row"), pytest.raises(ValueError, match="all 2 rows are bad"):
+        load_task("math", data_file=path, skip_bad_rows=True)
 
 
 def test_gsm8k_answer_without_final_number(tmp_path):

@@ -29,7 +29,7 @@ MAX_WORKERS = min(4, os.cpu_count() or 1)
 STARTUP_TIMEOUT = 120.0  # seconds a fresh grading process may take to import math-verify
 
 _BOX_START = re.compile(r"\\(boxed|fbox)(?![A-Za-z])")
-_ANSWER_LINE = re.compile(r"(?:final\s+)?answer\s*(?:is\b\s*:?|:)[ \t]*([^\n]*)", re.IGNORECASE)
+_ANSWER_LINE = re.compile(r"\b(?:final\s+)?answer\s*(?:is\b\s*:?|:)[ \t]*([^\n]*)", re.IGNORECASE)
 _READY = "ready"
 _SRC_DIR = str(Path(__file__).resolve().parents[1])  # so the grading processes import this prpo
 

@@ -47,7 +47,7 @@ def read_rows(
     data_dir: str | Path | None = None,
 ) -> Located:
     """Rows of `data_file`; else of hub `dataset_id`; else, for `sources[split]`, of
-    `<data_dir>/<file>` when it exists (`data_dir` defaults to `$PRPO_DATA_DIR`), else of its hub split.
+    `<data_dir>/<file>`, else of `$PRPO_DATA_DIR/<file>` when it exists, else of its hub split.
 
     A local file is one split already (`split` is not used). With `dataset_id`, `split` is the
     hub's split name (default: the default source's hub split).
@@ -64,7 +64,9 @@ def read_rows(
         return read_hub(dataset_id, config, split or default.hub_split)
     if source is None:
         raise ValueError(f"no default data for split {key!r} (known: {sorted(sources)}); give data_file or dataset_id")
-    folder = data_dir or os.environ.get("PRPO_DATA_DIR")
+    if data_dir is not None:
+        return read_file(Path(data_dir) / source.file)
+    folder = os.environ.get("PRPO_DATA_DIR")
     if folder and (Path(folder) / source.file).is_file():
         return read_file(Path(folder) / source.file)
     return read_hub(source.dataset_id, source.config, source.hub_split)
@@ -154,7 +156,7 @@ def to_examples(rows: Located, convert: Callable[[Row, int], Example], *, skip_b
     if skipped:
         warnings.warn(f"skipped {len(skipped)} bad row(s) of {len(rows)}: " + "; ".join(skipped[:3]), stacklevel=2)
     if not examples:
-        raise ValueError(f"{rows[0][0].rsplit(' ', 2)[0]}: no usable rows")
+        raise ValueError(f"all {len(rows)} rows are bad, first: {skipped[0]}")
     return examples
 
 
