@@ -195,7 +195,7 @@ def test_custom_model_code_needs_trust_remote_code(tmp_path, step_tag_dir, step_
 def test_bad_models_and_tags_are_clear_errors(tmp_path, step_tag_dir, shepherd_dir):
     with pytest.raises(PRMError, match="'<extra_1>' is .* tokens .* needs a tag that is one"):
         load_prm({"type": "step_tag", "model": str(step_tag_dir), "device": "cpu", "step_tag": "<extra_1>"})
-    with pytest.raises(PRMError, match="candidate token 'good' is 1 tokens|candidate token 'plus-sign' is"):
+    with pytest.raises(PRMError, match=r"candidate token 'plus-sign' is \d+ tokens"):
         load_prm({"type": "shepherd", "model": str(shepherd_dir), "device": "cpu", "good_token": "plus-sign"})
     config = json.loads((step_tag_dir / "config.json").read_text())
     three = tmp_path / "three-labels"

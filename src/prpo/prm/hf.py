@@ -9,6 +9,7 @@ batching by a token budget, padding on either side with matching position ids.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,7 +74,7 @@ def token_budget_batches(lengths: list[int], max_batch_tokens: int) -> list[list
     return batches
 
 
-class HFTaggedPRM:
+class HFTaggedPRM(ABC):
     """Base of the adapters that read one score per segment at tag positions of one sequence."""
 
     kind: str
@@ -88,7 +89,7 @@ class HFTaggedPRM:
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
             config.model, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
-        self.model = self.load_model().to(self.device).eval()
+        self.model = self.load_model().eval()
         model_limit = getattr(self.model.config, "max_position_embeddings", None)
         self.max_length = config.max_length or model_limit or self.tokenizer.model_max_length
         pad = self.tokenizer.pad_token_id
@@ -100,16 +101,17 @@ class HFTaggedPRM:
     def prm_id(self) -> str:
         return config_id(self.kind, self.config, exclude=("device", "max_batch_tokens", "padding_side"))
 
+    @abstractmethod
     def load_model(self) -> torch.nn.Module:
-        raise NotImplementedError
+        """The model, loaded with `from_pretrained` in `self.dtype` straight onto `self.device`."""
 
+    @abstractmethod
     def encode(self, problem: str, segments: list[str]) -> tuple[list[int], list[int]]:
         """Token ids of one response and the position of each segment's score (one per segment)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def scores_at(self, input_ids, attention_mask, position_ids, rows, cols) -> torch.Tensor:
         """Float32 scores at (rows[k], cols[k]) from one forward pass over the padded batch."""
-        raise NotImplementedError
 
     def score(self, problems: list[str], segments: list[list[str]]) -> list[list[float]]:
         check_inputs(problems, segments)

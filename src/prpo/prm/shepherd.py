@@ -50,7 +50,8 @@ class ShepherdPRM(HFTaggedPRM):
     def load_model(self) -> torch.nn.Module:
         cfg = self.config
         return AutoModelForCausalLM.from_pretrained(
-            cfg.model, revision=cfg.revision, dtype=self.dtype, trust_remote_code=cfg.trust_remote_code
+            cfg.model, revision=cfg.revision, dtype=self.dtype, device_map=str(self.device),
+            trust_remote_code=cfg.trust_remote_code,
         )
 
     def encode(self, problem: str, segments: list[str]) -> tuple[list[int], list[int]]:

@@ -79,7 +79,7 @@ class StepTagPRM(HFTaggedPRM):
                 raise PRMError(f"{cfg.model} has {model_config.num_labels} labels per token; a step_tag PRM needs 2")
             loader = AutoModelForTokenClassification
         return loader.from_pretrained(
-            cfg.model, config=model_config, revision=cfg.revision, dtype=self.dtype,
+            cfg.model, config=model_config, revision=cfg.revision, dtype=self.dtype, device_map=str(self.device),
             trust_remote_code=cfg.trust_remote_code,
         )
 
