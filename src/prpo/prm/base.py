@@ -82,7 +82,9 @@ def validate_scores(scores: Any, segments: Sequence[Sequence[str]]) -> list[list
 
 def config_id(kind: str, config: Any, exclude: tuple[str, ...] = ()) -> str:
     """`kind(field=value, ...)` over the config's fields: a stable identity of an adapter's scores."""
-    fields = ", ".join(f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config) if f.name not in exclude)
+    fields = ", ".join(
+        f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config) if f.name not in exclude
+    )
     return f"{kind}({fields})"
 
 

@@ -139,7 +139,9 @@ def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8765, log_level: 
 
 
 @contextlib.contextmanager
-def background_server(app: Starlette, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0) -> Iterator[str]:
+def background_server(
+    app: Starlette, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0
+) -> Iterator[str]:
     """Run `app` with uvicorn in a thread; yields its base URL and stops it on exit (port 0: a free port)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

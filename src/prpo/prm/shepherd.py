@@ -44,7 +44,9 @@ class ShepherdPRM(HFTaggedPRM):
     def _single_token(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) != 1:
-            raise PRMError(f"candidate token {text!r} is {len(ids)} tokens in the tokenizer of {self.config.model}; it must be one")
+            raise PRMError(
+                f"candidate token {text!r} is {len(ids)} tokens in the tokenizer of {self.config.model}; it must be one"
+            )
         return ids[0]
 
     def load_model(self) -> torch.nn.Module:
