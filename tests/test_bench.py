@@ -104,3 +104,19 @@ def test_summary_names_a_bad_line(tmp_path):
     (tmp_path / "runs/clean/grpo/seed-0/eval.jsonl").write_text('{"step": 0}\nnot json\n')
     with pytest.raises(ValueError, match="eval.jsonl line 2: not JSON"):
         summarise(tmp_path)
+
+
+def test_bench_smoke_end_to_end(tmp_path):
+    """The whole pipeline at the smoke size: warm start, RL runs with a clean and a noisy PRM, table, plots."""
+    from prpo.commands.bench import main as bench_main
+
+    assert bench_main(["--size", "smoke", "--output", str(tmp_path), "--methods", "grpo", "prpo", "--seeds", "1"]) == 0
+    for run in ("clean/grpo", "clean/prpo", "noisy/prpo"):
+        evals = [json.loads(line) for line in (tmp_path / "runs" / run / "seed-0" / "eval.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in evals] == [0, 1, 2]
+        assert 0.0 <= evals[-1]["heldout_long/accuracy"] <= 1.0
+        assert (tmp_path / "runs" / run / "seed-0" / "metrics.jsonl").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| clean | prpo | 1 |" in summary and "| noisy | prpo | 1 |" in summary and "noisy | grpo" not in summary
+    assert (tmp_path / "bench-clean.png").exists() and (tmp_path / "bench-noisy.png").exists()
+    assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 3

@@ -35,7 +35,11 @@ class PolicySize:
     max_positions: int = 512
 
 
-SIZES = {"cpu": PolicySize(hidden_size=128, layers=4, heads=4), "gpu": PolicySize(hidden_size=384, layers=8, heads=6)}
+SIZES = {
+    "smoke": PolicySize(hidden_size=32, layers=2, heads=2),
+    "cpu": PolicySize(hidden_size=128, layers=4, heads=4),
+    "gpu": PolicySize(hidden_size=384, layers=8, heads=6),
+}
 
 
 def build_policy(size: PolicySize, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:

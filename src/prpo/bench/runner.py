@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
+from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+from transformers.utils import logging as hf_logging
 
 from prpo.bench.data import bench_task
 from prpo.bench.policy import SIZES as POLICY_SIZES
@@ -56,6 +57,11 @@ class BenchSize:
 
 
 SIZES = {
+    "smoke": BenchSize(  # a seconds-long end-to-end check of the whole pipeline (tests)
+        policy=POLICY_SIZES["smoke"], warm_problems=64, warm_epochs=1, error_rate=0.25, rl_steps=2,
+        prompts_per_step=2, num_generations=4, learning_rate=1e-3, max_completion_length=16, eval_every=1,
+        eval_problems=4, seeds=2, noise=0.15, jobs=1, use_cpu=True,
+    ),
     "cpu": BenchSize(
         policy=POLICY_SIZES["cpu"], warm_problems=2000, warm_epochs=3, error_rate=0.25, rl_steps=30,
         prompts_per_step=8, num_generations=8, learning_rate=1e-4, max_completion_length=48, eval_every=5,
@@ -126,6 +132,7 @@ def run_one(spec: RunSpec, threads: int) -> str:
     from prpo.trainer import PRPOTrainer
 
     torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
     size = spec.size
     out = Path(spec.output_dir)
     if (out / EVAL_FILE).exists():  # a rerun starts the run over, never appends to a half-written one
@@ -144,15 +151,13 @@ def run_one(spec: RunSpec, threads: int) -> str:
         activation_checkpointing=False, use_cpu=size.use_cpu, bf16=False, disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    tokenizer_path = spec.init
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    tokenizer = AutoTokenizer.from_pretrained(spec.init)
     evaluator = HeldOutEval(out / EVAL_FILE, heldout_tasks(size), size.eval_every, 2 * size.max_completion_length)
     trainer = PRPOTrainer(
         spec.init, args, train.to_dataset(tokenizer), processing_class=tokenizer, grader=train.grade,
         callbacks=[evaluator],
     )
+    trainer.remove_callback(PrinterCallback)  # the runner's progress bar reports; metrics go to metrics.jsonl
     trainer.train()
     return str(out)
 
@@ -163,6 +168,7 @@ def _warm_start(seed: int, size: BenchSize, folder: str, threads: int) -> str:
     from prpo.bench.warmstart import warm_start
 
     torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
     return str(warm_start(folder, size=size.policy, seed=seed, problems=size.warm_problems, epochs=size.warm_epochs,
                           error_rate=size.error_rate, use_cpu=size.use_cpu))
 
