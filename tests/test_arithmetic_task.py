@@ -86,6 +86,19 @@ def test_difficulty_knobs():
     assert all(e.meta["grouped"] and " bags with " in e.problem for e in grouped)
 
 
+def test_patterns_fix_the_operations():
+    task = load_task("arithmetic", limit=60, patterns=["+*", "+*", "-"], numbers=(2, 10), max_factor=2, groups=0.0)
+    shapes = [e.meta["ops"] for e in task.examples]
+    assert set(shapes) == {"+*", "-"} and shapes.count("+*") > shapes.count("-")
+    for example in task.examples:
+        _check_solution(example.problem, example.meta["solution"], example.answer)
+        if example.meta["ops"] == "+*":
+            assert example.meta["solution"].split("\n")[1].endswith(f"* 2 = {example.answer}")
+            assert "doubles" in example.problem or "2 times as many" in example.problem
+    grouped = load_task("arithmetic", limit=20, patterns=["*+"], groups=1.0).examples
+    assert all(" bags with " in e.problem and e.meta["ops"] == "*+" for e in grouped)
+
+
 def test_a_mix_of_problem_shapes_by_default():
     task = load_task("arithmetic", limit=400)
     ops = {e.meta["ops"] for e in task.examples}
@@ -146,8 +159,14 @@ def test_bad_options_raise_clear_errors():
         load_task("arithmetic", split="validation")
     with pytest.raises(ValueError, match=r"steps=\(3, 2\): need 1 <= low <= high"):
         load_task("arithmetic", steps=(3, 2))
-    with pytest.raises(ValueError, match="ops='\\+%'"):
+    with pytest.raises(ValueError, match="option ops: '\\+%' is not a non-empty string"):
         load_task("arithmetic", ops="+%")
+    with pytest.raises(ValueError, match="option patterns: '' is not"):
+        load_task("arithmetic", patterns=["+*", ""])
+    with pytest.raises(ValueError, match="give a list of op strings"):
+        load_task("arithmetic", patterns="+*")
+    with pytest.raises(ValueError, match="drop steps/ops"):
+        load_task("arithmetic", patterns=["+*"], steps=(2, 2))
     with pytest.raises(ValueError, match="give \\[low, high\\]"):
         load_task("arithmetic", numbers=[5])
     with pytest.raises(ValueError, match="found only .* distinct train problems of 100"):

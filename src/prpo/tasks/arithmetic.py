@@ -54,7 +54,12 @@ _NUMBER = re.compile(r"\$?\s*(-?\d[\d,]*(?:\.\d+)?)")
 
 @dataclass(frozen=True)
 class ArithmeticConfig:
-    """Difficulty knobs. Ranges are inclusive `(low, high)`."""
+    """Difficulty knobs. Ranges are inclusive `(low, high)`.
+
+    `patterns`: op sequences such as `"+*"` (the one-shot example's shape: add, then multiply);
+    when given, each problem follows one of them (repeat one to weight it) instead of drawing
+    `steps` operations from `ops`.
+    """
 
     steps: tuple[int, int] = (2, 3)
     numbers: tuple[int, int] = (2, 20)
@@ -62,14 +67,16 @@ class ArithmeticConfig:
     max_factor: int = 3
     max_value: int = 1000
     groups: float = 0.25
+    patterns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("steps", "numbers"):
             low, high = getattr(self, name)
             if not 1 <= low <= high:
                 raise ValueError(f"arithmetic option {name}={getattr(self, name)}: need 1 <= low <= high")
-        if not self.ops or any(op not in OPS for op in self.ops):
-            raise ValueError(f"arithmetic option ops={self.ops!r}: use a non-empty subset of {OPS!r}")
+        for name, value in [("ops", self.ops)] + [("patterns", p) for p in self.patterns]:
+            if not value or any(op not in OPS for op in value):
+                raise ValueError(f"arithmetic option {name}: {value!r} is not a non-empty string of {OPS!r}")
         if self.max_factor < 2:
             raise ValueError(f"arithmetic option max_factor={self.max_factor}: must be at least 2")
         if self.max_value < self.numbers[1]:
@@ -130,18 +137,19 @@ def _operands(op: str, value: int, config: ArithmeticConfig) -> list[int]:
 def draw_chain(rng: random.Random, config: ArithmeticConfig) -> Chain | None:
     """A random chain, or None when the draw runs into a value no allowed operation can continue."""
     low, high = config.numbers
-    length = rng.randint(*config.steps)
+    if config.patterns:
+        plan = [op for op in rng.choice(config.patterns)]
+    else:
+        plan = [config.ops] * rng.randint(*config.steps)  # each step: any allowed op
     value = start = rng.randint(low, high)
+    grouped = "*" in plan[0] and rng.random() < config.groups
     steps: list[Step] = []
-    grouped = "*" in config.ops and rng.random() < config.groups
-    if grouped:
-        operand = rng.randint(low, high)
-        if value * operand > config.max_value:
-            return None
-        steps.append(Step("*", operand, value, value * operand))
-        value *= operand
-    while len(steps) < length:
-        choices = [(op, n) for op in config.ops for n in [_operands(op, value, config)] if n]
+    for i, allowed in enumerate(plan):
+        if i == 0 and grouped:  # "`start` bags with `operand` items in each bag"
+            choices = [("*", [n for n in range(low, high + 1) if value * n <= config.max_value])]
+        else:
+            choices = [(op, _operands(op, value, config)) for op in allowed]
+        choices = [(op, operands) for op, operands in choices if operands]
         if not choices:
             return None
         op, operands = rng.choice(choices)
@@ -253,21 +261,33 @@ def load_arithmetic(
     split: str | None = None,
     limit: int | None = None,
     seed: int = 0,
-    steps: Sequence[int] = (2, 3),
+    steps: Sequence[int] | None = None,
     numbers: Sequence[int] = (2, 20),
-    ops: str = "+-*",
+    ops: str | None = None,
     max_factor: int = 3,
     max_value: int = 1000,
     groups: float = 0.25,
+    patterns: Sequence[str] = (),
 ) -> list[Example]:
-    """`limit` generated problems (default 1000 train / 200 test) of split `train` (default) or `test`."""
+    """`limit` generated problems (default 1000 train / 200 test) of split `train` (default) or `test`.
+
+    Knobs as in `ArithmeticConfig`; `patterns` replaces `steps` and `ops`, so not with them.
+    """
     if data_file is not None or dataset_id is not None:
         raise ValueError("the arithmetic task is generated: it takes no data_file or dataset_id")
+    if patterns and (steps is not None or ops is not None):
+        raise ValueError("arithmetic options: patterns fix each problem's operations; drop steps/ops")
     split = split or "train"
     if split not in SPLITS:
         raise ValueError(f"arithmetic split {split!r}: use one of {SPLITS}")
+    defaults = ArithmeticConfig()
+    steps = defaults.steps if steps is None else steps
     for name, pair in (("steps", steps), ("numbers", numbers)):
         if len(pair) != 2:
             raise ValueError(f"arithmetic option {name}={pair!r}: give [low, high]")
-    config = ArithmeticConfig(tuple(steps), tuple(numbers), ops, max_factor, max_value, groups)
+    if isinstance(patterns, str):
+        raise ValueError(f"arithmetic option patterns={patterns!r}: give a list of op strings, e.g. ['+*', '++']")
+    config = ArithmeticConfig(
+        tuple(steps), tuple(numbers), ops or defaults.ops, max_factor, max_value, groups, tuple(patterns)
+    )
     return generate(limit or DEFAULT_SIZE[split], split=split, seed=seed, config=config)
