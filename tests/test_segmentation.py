@@ -26,7 +26,7 @@ from prpo.segmentation import (
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6, 1.7])
-@pytest.mark.parametrize("chunk_size", [1, 7, 64, 10_000])
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 10_000, None])
 def test_token_entropy_matches_categorical(temperature, chunk_size):
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 101) * 4

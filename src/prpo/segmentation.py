@@ -13,16 +13,25 @@ import torch
 from torch import Tensor
 
 
-def token_entropy(logits: Tensor, temperature: float = 1.0, chunk_size: int = 8192) -> Tensor:
+ENTROPY_BLOCK_ELEMENTS = 1 << 24  # float32 elements of one vocabulary block (64 MiB)
+
+
+def token_entropy(logits: Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> Tensor:
     """Entropy (nats) of ``softmax(logits / temperature)`` over the last dim: Tensor[B, T].
 
-    ``H = logsumexp(z) - sum_v softmax(z)_v z_v`` with ``z = logits / temperature``, accumulated
-    online over vocabulary chunks (running max ``m``, ``s0 = sum e^(z-m)``, ``s1 = sum e^(z-m) z``),
-    so only a float32 ``[B, T, chunk_size]`` block is alive at a time: ``H = m + log s0 - s1 / s0``.
-    Logits of ``-inf`` (masked vocabulary) contribute nothing.
+    ``H = logsumexp(z) - sum_v softmax(z)_v z_v`` with ``z = logits / temperature``, computed on
+    ``z - m`` (``m`` the running max) to avoid cancellation: ``s0 = sum e^(z-m)``,
+    ``s1 = sum e^(z-m) (z-m)``, ``H = log s0 - s1 / s0``. When the rows times the vocabulary exceed
+    one block, the vocabulary is processed in chunks, rescaling the sums when ``m`` grows, so only
+    a float32 ``[B, T, chunk_size]`` block is alive at a time. ``chunk_size=None`` picks the widest
+    chunk within ``ENTROPY_BLOCK_ELEMENTS``. Logits of ``-inf`` (masked vocabulary) contribute nothing.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    vocab = logits.shape[-1]
+    rows = max(1, logits.numel() // max(vocab, 1))
+    if chunk_size is None:
+        chunk_size = max(1, ENTROPY_BLOCK_ELEMENTS // rows)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     lowest = torch.finfo(torch.float32).min
@@ -30,15 +39,16 @@ def token_entropy(logits: Tensor, temperature: float = 1.0, chunk_size: int = 81
     m = torch.full(shape, lowest, dtype=torch.float32, device=logits.device)
     s0 = torch.zeros(shape, dtype=torch.float32, device=logits.device)
     s1 = torch.zeros(shape, dtype=torch.float32, device=logits.device)
-    for start in range(0, logits.shape[-1], chunk_size):
+    for start in range(0, vocab, chunk_size):
         z = (logits[..., start : start + chunk_size].float() / temperature).clamp_(min=lowest)
         m_new = torch.maximum(m, z.amax(dim=-1))
         rescale = torch.exp(m - m_new)
-        p = torch.exp(z - m_new.unsqueeze(-1))
+        shifted = z - m_new.unsqueeze(-1)
+        p = torch.exp(shifted)
+        s1 = rescale * (s1 + (m - m_new) * s0) + (p * shifted).sum(dim=-1)
         s0 = s0 * rescale + p.sum(dim=-1)
-        s1 = s1 * rescale + (p * z).sum(dim=-1)
         m = m_new
-    return m + torch.log(s0) - s1 / s0
+    return torch.log(s0) - s1 / s0
 
 
 def response_lengths(mask: Tensor) -> Tensor:
