@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from prpo.commands.report import main as report_main
 from prpo.report import advantage_colour, build_report

@@ -20,7 +20,6 @@ import difflib
 import enum
 import math
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ import torch
 import yaml
 from transformers.trainer_utils import SchedulerType
 from trl import GRPOConfig, ModelConfig
+
+from prpo.typecheck import has_type, type_name
 
 SEGMENTERS = ("entropy", "marker", "fixed")
 NORMALIZATIONS = ("fixed_prior", "group")
@@ -77,6 +78,9 @@ class PRPOConfig(GRPOConfig):
     grading_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed to grade one answer."})
     max_prompt_length: int | None = field(default=2048, metadata={"help": "Longest prompt in tokens (None: no limit)."})
     samples_per_step: int = field(default=16, metadata={"help": "Rows of samples.jsonl per step (-1: all)."})
+    eval_before_after: bool = field(
+        default=True, metadata={"help": "`prpo train`: greedy accuracy on eval_task before and after training."}
+    )
     collapse_window: int = field(default=5, metadata={"help": "Steps averaged for the collapse warning."})
     collapse_drop: float = field(
         default=0.3, metadata={"help": "Warn when length and final-answer rate both fell by this fraction."}
@@ -236,38 +240,6 @@ def _deepcopy(data: Any) -> Any:
 # ----------------------------------------------------------------------------- validation
 
 
-def _has_type(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        enums = [a for a in options if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums and isinstance(value, str):  # `SchedulerType | str`: the string must name a member
-            return any(_has_type(value, e) for e in enums)
-        return any(_has_type(value, a) for a in options)
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin is typing.Literal:
-        return value in typing.get_args(annotation)
-    if origin in (list, tuple, Sequence):
-        args = typing.get_args(annotation)
-        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value) if args else isinstance(value, list)
-    if origin is dict or annotation is dict:
-        return isinstance(value, dict)
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        return isinstance(value, annotation) or value in {m.value for m in annotation}
-    if isinstance(annotation, type):
-        return isinstance(value, annotation)
-    return True
-
-
 def _did_you_mean(key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -280,20 +252,8 @@ def _check_fields(cls: type, values: Mapping[str, Any], prefix: str, extra: Sequ
         dotted = f"{prefix}{key}"
         if key not in known:
             raise ConfigError(dotted, f"unknown key{_did_you_mean(key, [*known, *extra])}")
-        if not _has_type(value, hints[key]):
-            raise ConfigError(dotted, f"expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}")
-
-
-def _type_name(annotation: Any) -> str:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        enums = [a for a in options if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums:
-            return "one of " + ", ".join(m.value for e in enums for m in e)
-        return " or ".join(_type_name(a) for a in options)
-    if annotation is type(None):
-        return "null"
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        if not has_type(value, hints[key]):
+            raise ConfigError(dotted, f"expected {type_name(hints[key])}, got {type(value).__name__} {value!r}")
 
 
 def _required(cls: type) -> list[str]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import yaml
+
+from prpo.typecheck import has_type, type_name
 
 
 class PRMError(RuntimeError):
@@ -141,41 +142,13 @@ def build_config(config_cls: type, fields: Mapping[str, Any], where: str) -> Any
     for name, value in fields.items():
         if name not in known:
             raise PRMError(f"{where}: unknown field {name!r}; allowed fields: {', '.join(sorted(known))}")
-        if not _has_type(value, hints[name]):
-            raise PRMError(f"{where}: field {name!r} = {value!r} is not of type {_type_name(hints[name])}")
+        if not has_type(value, hints[name]):
+            raise PRMError(f"{where}: field {name!r} = {value!r} is not of type {type_name(hints[name])}")
     values = {name: tuple(v) if isinstance(v, list) else v for name, v in fields.items()}
     try:
         return config_cls(**values)
     except (TypeError, ValueError) as err:
         raise PRMError(f"{where}: {err}") from err
-
-
-def _has_type(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin is tuple:
-        (item, _) = typing.get_args(annotation)
-        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
-    if origin is Mapping or annotation is Mapping:
-        return isinstance(value, Mapping)
-    if origin is typing.Literal:
-        return value in typing.get_args(annotation)
-    return isinstance(value, annotation)
-
-
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _looks_like_file(spec: str) -> bool:
