@@ -3,6 +3,9 @@
 Without CONFIG it runs the offline quickstart (configs/quickstart.yaml). Keys override the YAML
 with dotted names (`--task.limit 8`, `--prm.type arithmetic`, `--learning_rate 2e-6`). The
 resolved config is written to `<output_dir>/config.yaml`; the final model to `<output_dir>/final`.
+With an `eval_task` the policy is evaluated (greedy) on its problems before and after training and
+the before/after table is printed (`eval_before_after: false` skips it); every run ends with the
+report (`curves.png`, `report.html`) in `output_dir`.
 Several processes: `accelerate launch [--config_file zero3.yaml] -m prpo.cli train CONFIG.yaml`.
 """
 
@@ -90,6 +93,7 @@ def dry_run(config: RunConfig) -> None:
 def train(config: RunConfig, *, resume: bool) -> None:
     from trl import get_peft_config, get_quantization_config
 
+    from prpo.quickstart import train_and_report
     from prpo.trainer import PRPOTrainer
 
     args = config.training
@@ -116,8 +120,10 @@ def train(config: RunConfig, *, resume: bool) -> None:
         processing_class=None,
         peft_config=get_peft_config(model),
     )
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    trainer.save_model(str(output_dir / "final"))
+    if not args.eval_before_after:
+        eval_task = None
+    train_and_report(trainer, eval_task, max_new_tokens=args.max_completion_length,
+                     batch_size=args.per_device_eval_batch_size, final_dir=output_dir / "final", resume=resume)
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,126 @@
+"""What a `prpo train` run shows its user: a progress bar with ETA, held-out accuracy before and after
+training with 95% intervals, and the run report (curves PNG + credit-assignment HTML).
+
+    trainer = PRPOTrainer(...)
+    train_and_report(trainer, eval_task, max_new_tokens=96, batch_size=32, final_dir=run_dir / "final")
+
+The held-out evaluation is greedy pass@1 on the `eval_task` problems (`prpo.evaluation.evaluate_model`),
+run on the initial policy, then on the trained one. Every process evaluates all problems (ZeRO-3
+needs every rank inside `generate`); the main process writes `eval/{before,after}/` (records and
+summary), `eval_before_after.json` (what `prpo.report` shows) and the report. On `--resume` the
+"before" result of the interrupted run is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from transformers import ProgressCallback
+
+from prpo.evaluation import evaluate_model
+from prpo.report import BEFORE_AFTER_FILE, build_report
+from prpo.tasks import Task
+
+EVAL_DIR = "eval"
+PHASES = ("before", "after")
+# metrics shown beside the progress bar: (log key, label)
+SHOWN = (("accuracy", "acc"), ("reward", "reward"), ("completions/mean_length", "len"), ("prm/score_mean", "prm"), ("kl", "kl"))
+
+
+class TrainingProgress(ProgressCallback):
+    """HF's training bar (steps, elapsed < remaining, s/it) with the step's key metrics beside it,
+    instead of printing every log dict (metrics.jsonl has them all)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description("PRPO steps")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        shown = {label: f"{logs[key]:.3g}" for key, label in SHOWN if isinstance(logs.get(key), (int, float))}
+        if shown:
+            self.training_bar.set_postfix(shown, refresh=True)
+
+
+def held_out_accuracy(trainer, task: Task, *, max_new_tokens: int, batch_size: int, folder: Path) -> dict[str, Any]:
+    """Greedy accuracy of the trainer's current policy on `task`; the main process writes `folder`."""
+    accelerator = trainer.accelerator
+    model = accelerator.unwrap_model(trainer.model)
+    result = evaluate_model(model, trainer.processing_class, task, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, progress=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        result.write(folder)
+    return summary_entry(result.summary)
+
+
+def summary_entry(summary: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an evaluation summary that `eval_before_after.json` keeps."""
+    return {
+        "accuracy": summary["accuracy"],
+        "accuracy_ci95": summary["accuracy_ci95"],
+        "correct": summary["correct"],
+        "num_problems": summary["num_problems"],
+        "no_final_answer_fraction": summary["no_final_answer_fraction"],
+        "response_tokens_mean": summary["response_tokens"]["mean"],
+        "wall_seconds": summary["wall_seconds"],
+    }
+
+
+def before_after_table(data: dict[str, Any], title: str) -> str:
+    """Before/after accuracy with 95% Wilson intervals as a plain-text table."""
+    lines = [title, f"{'':8}{'accuracy':>10}  {'95% interval':>14}  {'correct':>9}"]
+    for phase in PHASES:
+        entry = data[phase]
+        low, high = entry["accuracy_ci95"]
+        lines.append(f"{phase:8}{100 * entry['accuracy']:>9.1f}%  {100 * low:>6.1f}-{100 * high:.1f}%  "
+                     f"{entry['correct']:>4}/{entry['num_problems']}")
+    change = 100 * (data["after"]["accuracy"] - data["before"]["accuracy"])
+    lines.append(f"{'change':8}{change:>+8.1f} points")
+    return "\n".join(lines)
+
+
+def train_and_report(trainer, eval_task: Task | None, *, max_new_tokens: int, batch_size: int, final_dir: Path,
+                     resume: bool = False) -> dict[str, Any] | None:
+    """Evaluate (if `eval_task`), train, save the model to `final_dir`, evaluate again, print the table,
+    write the report.
+
+    Returns the before/after data (None without an eval task).
+    """
+    run_dir = Path(trainer.args.output_dir)
+    main = trainer.accelerator.is_main_process
+    trainer.remove_callback(ProgressCallback)
+    if not trainer.args.disable_tqdm:
+        trainer.add_callback(TrainingProgress())
+    data: dict[str, Any] | None = None
+    if eval_task is not None:
+        before = run_dir / EVAL_DIR / "before" / "summary.json"
+        if resume and before.is_file():
+            data = {"before": summary_entry(json.loads(before.read_text(encoding="utf-8")))}
+        else:
+            _say(main, f"held-out evaluation of the initial policy: {len(eval_task)} {eval_task.name} problems, greedy")
+            data = {"before": held_out_accuracy(trainer, eval_task, max_new_tokens=max_new_tokens,
+                                                batch_size=batch_size, folder=before.parent)}
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.save_model(str(final_dir))
+    if eval_task is not None:
+        _say(main, "held-out evaluation of the trained policy")
+        data["after"] = held_out_accuracy(trainer, eval_task, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                          folder=run_dir / EVAL_DIR / "after")
+    if main:
+        if data is not None:
+            (run_dir / BEFORE_AFTER_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            print(before_after_table(data, f"held-out accuracy ({eval_task.name}, greedy, "
+                                           f"{data['after']['num_problems']} problems)"), flush=True)
+        report = build_report(run_dir)
+        print(f"report: {report}\ncurves: {report.parent / 'curves.png'}", flush=True)
+    return data
+
+
+def _say(main: bool, message: str) -> None:
+    if main:
+        print(message, file=sys.stderr, flush=True)

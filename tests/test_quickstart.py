@@ -1,0 +1,72 @@
+"""The quickstart flow of `prpo train`: held-out accuracy before/after, run files, curves and HTML report.
+
+A tiny random Qwen2 with the real Qwen tokenizer runs configs/cpu-tiny.yaml (arithmetic task,
+arithmetic PRM, PRPO, 2 steps, 4 held-out problems) through the CLI, the same path as `make demo`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prpo.cli import main as cli_main
+from prpo.evaluation import accuracy_interval
+from prpo.quickstart import before_after_table
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_causal_lm_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("quickstart") / "run"
+    code = cli_main(["train", str(CONFIGS / "cpu-tiny.yaml"), "--model.model_name_or_path", str(tiny_causal_lm_dir),
+                     "--output_dir", str(run)])
+    assert code == 0
+    return run
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_tiny_quickstart_writes_metrics_samples_and_held_out_accuracy(tiny_run, capsys):
+    steps = [row for row in _rows(tiny_run / "metrics.jsonl") if "reward" in row]
+    assert [row["step"] for row in steps] == [1, 2]
+    assert all("prm/score_mean" in row and "kl" in row for row in steps)
+    samples = _rows(tiny_run / "samples.jsonl")
+    assert {s["step"] for s in samples} == {1, 2}
+    data = json.loads((tiny_run / "eval_before_after.json").read_text())
+    for phase in ("before", "after"):
+        entry = data[phase]
+        assert entry["num_problems"] == 4
+        assert entry["accuracy"] == entry["correct"] / 4
+        assert entry["accuracy_ci95"] == pytest.approx(list(accuracy_interval(entry["correct"], 4)))
+        records = _rows(tiny_run / "eval" / phase / "records.jsonl")
+        assert len(records) == 4 and sum(r["correct"] for r in records) == entry["correct"]
+        assert all(r["num_tokens"] <= 24 for r in records)  # max_completion_length bounds the evaluation too
+    assert (tiny_run / "final" / "config.json").is_file()
+
+
+def test_tiny_quickstart_report_shows_curves_and_scored_segments(tiny_run):
+    assert (tiny_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tiny_run / "report.html").read_text()
+    assert "Held-out accuracy" in page and "data:image/png;base64," in page
+    samples = _rows(tiny_run / "samples.jsonl")
+    shown = [s for s in samples if s["step"] in (1, 2)]
+    segments = [seg for s in shown for seg in s["segments"]]
+    assert segments and all(seg["prm_score"] in (0.1, 0.5, 0.9) for seg in segments)
+    first = shown[0]["segments"][0]
+    assert f'0: s={first["prm_score"]:.2f}, A={first["advantage_mean"]:+.2f}' in page
+
+
+def test_before_after_table_has_intervals_and_the_change():
+    data = {"before": {"accuracy": 0.25, "accuracy_ci95": [0.1, 0.5], "correct": 16, "num_problems": 64},
+            "after": {"accuracy": 0.5, "accuracy_ci95": [0.38, 0.62], "correct": 32, "num_problems": 64}}
+    table = before_after_table(data, "held-out accuracy")
+    lines = table.splitlines()
+    assert lines[0] == "held-out accuracy"
+    assert "25.0%" in lines[2] and "10.0-50.0%" in lines[2] and "16/64" in lines[2]
+    assert "50.0%" in lines[3] and "38.0-62.0%" in lines[3] and "32/64" in lines[3]
+    assert lines[4].split() == ["change", "+25.0", "points"]
