@@ -14,12 +14,16 @@ and its reference solution writes one equation per step, then the answer line th
 
 Every number a solution uses is written in the problem as digits, except the 2 of "doubles" and
 "half". Results are positive integers (subtraction never reaches 0, division is exact).
-Difficulty knobs (`ArithmeticConfig`): number of steps, range of the numbers, allowed operations,
-largest multiplier/divisor, largest intermediate value, share of "a bags of b" openings.
+Difficulty knobs (`ArithmeticConfig`): fixed op patterns, or random chains of a number of steps
+over allowed operations; range of the numbers, largest multiplier/divisor, largest intermediate
+value, share of "a bags of b" openings. The default mix is tuned for SmolLM2-135M-Instruct with
+the one-shot template (greedy, 24 problems each: add-then-double on numbers 2-9 scored 7/24, on
+2-20 2/24; add-add, add-subtract, double-add on 2-20 0-1/24), so half of it is that shape.
 
-Train and test never share a problem: a chain belongs to the test split when a hash of its
-solution text falls in the lowest `TEST_PERCENT` percent, whatever the seed; each split is drawn
-from its own seeded generator and holds no solution twice.
+Train and test never share arithmetic: a chain belongs to the test split when a hash of its
+solution text falls in the lowest `TEST_PERCENT` percent, whatever the seed. Each split is drawn
+from its own seeded generator and holds no problem text twice (small knobs give few chains, e.g.
+81 add-then-double chains on numbers 2-10, told with different names, items and phrasings).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from prpo.tasks.templates import Messages, Template, register_template
 OPS = "+-*/"
 SPLITS = ("train", "test")
 DEFAULT_SIZE = {"train": 1000, "test": 200}
+DEFAULT_PATTERNS = ("+*", "+*", "+*", "++", "+-", "*+")
 TEST_PERCENT = 20
 NAMES = ("Tom", "Mia", "Sam", "Lena", "Ben", "Ava", "Leo", "Nora", "Max", "Emma", "Omar", "Zoe")
 ITEMS = ("apples", "marbles", "stickers", "coins", "books", "pencils", "cards", "shells", "stamps", "cookies")
@@ -57,17 +62,17 @@ class ArithmeticConfig:
     """Difficulty knobs. Ranges are inclusive `(low, high)`.
 
     `patterns`: op sequences such as `"+*"` (the one-shot example's shape: add, then multiply);
-    when given, each problem follows one of them (repeat one to weight it) instead of drawing
-    `steps` operations from `ops`.
+    each problem follows one of them (repeat one to weight it). With no patterns, each problem
+    draws `steps` operations from `ops` instead.
     """
 
     steps: tuple[int, int] = (2, 3)
-    numbers: tuple[int, int] = (2, 20)
+    numbers: tuple[int, int] = (2, 9)
     ops: str = "+-*"
-    max_factor: int = 3
+    max_factor: int = 2
     max_value: int = 1000
     groups: float = 0.25
-    patterns: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
 
     def __post_init__(self) -> None:
         for name in ("steps", "numbers"):
@@ -206,10 +211,12 @@ def generate(n: int, *, split: str = "train", seed: int = 0, config: ArithmeticC
                 f"with {config}; widen steps/numbers/ops or ask for fewer"
             )
         chain = draw_chain(rng, config)
-        if chain is None or chain.solution in seen or split_of(chain) != split:
+        if chain is None or split_of(chain) != split:
             continue
-        seen.add(chain.solution)
         problem = render_problem(chain, rng.choice(NAMES), rng.choice(ITEMS), rng)
+        if problem in seen:
+            continue
+        seen.add(problem)
         meta = {"solution": chain.solution, "steps": len(chain.steps), "ops": "".join(s.op for s in chain.steps),
                 "grouped": chain.grouped, "split": split, "seed": seed}
         examples.append(Example(f"arithmetic-{split}-{len(examples)}", problem, str(chain.answer), meta))
@@ -262,32 +269,34 @@ def load_arithmetic(
     limit: int | None = None,
     seed: int = 0,
     steps: Sequence[int] | None = None,
-    numbers: Sequence[int] = (2, 20),
+    numbers: Sequence[int] = ArithmeticConfig.numbers,
     ops: str | None = None,
-    max_factor: int = 3,
-    max_value: int = 1000,
-    groups: float = 0.25,
-    patterns: Sequence[str] = (),
+    max_factor: int = ArithmeticConfig.max_factor,
+    max_value: int = ArithmeticConfig.max_value,
+    groups: float = ArithmeticConfig.groups,
+    patterns: Sequence[str] | None = None,
 ) -> list[Example]:
     """`limit` generated problems (default 1000 train / 200 test) of split `train` (default) or `test`.
 
-    Knobs as in `ArithmeticConfig`; `patterns` replaces `steps` and `ops`, so not with them.
+    Knobs as in `ArithmeticConfig`. Give `patterns` for fixed shapes, or `steps` / `ops` for
+    random chains (not both); neither gives the default pattern mix.
     """
     if data_file is not None or dataset_id is not None:
         raise ValueError("the arithmetic task is generated: it takes no data_file or dataset_id")
-    if patterns and (steps is not None or ops is not None):
+    random_chains = steps is not None or ops is not None
+    if patterns and random_chains:
         raise ValueError("arithmetic options: patterns fix each problem's operations; drop steps/ops")
+    if isinstance(patterns, str):
+        raise ValueError(f"arithmetic option patterns={patterns!r}: give a list of op strings, e.g. ['+*', '++']")
     split = split or "train"
     if split not in SPLITS:
         raise ValueError(f"arithmetic split {split!r}: use one of {SPLITS}")
-    defaults = ArithmeticConfig()
-    steps = defaults.steps if steps is None else steps
+    steps = ArithmeticConfig.steps if steps is None else steps
     for name, pair in (("steps", steps), ("numbers", numbers)):
         if len(pair) != 2:
             raise ValueError(f"arithmetic option {name}={pair!r}: give [low, high]")
-    if isinstance(patterns, str):
-        raise ValueError(f"arithmetic option patterns={patterns!r}: give a list of op strings, e.g. ['+*', '++']")
+    patterns = () if random_chains else DEFAULT_PATTERNS if patterns is None else patterns
     config = ArithmeticConfig(
-        tuple(steps), tuple(numbers), ops or defaults.ops, max_factor, max_value, groups, tuple(patterns)
+        tuple(steps), tuple(numbers), ops or ArithmeticConfig.ops, max_factor, max_value, groups, tuple(patterns)
     )
     return generate(limit or DEFAULT_SIZE[split], split=split, seed=seed, config=config)
