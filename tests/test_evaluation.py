@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from prpo.commands.eval import main as eval_main
-from prpo.evaluation import EvalResult, accuracy_interval, evaluate, evaluate_model, pass_at_k, pass_at_k_values
+from prpo.evaluation import (
+    EvalResult,
+    accuracy_interval,
+    append_partial,
+    evaluate,
+    evaluate_model,
+    pass_at_k,
+    pass_at_k_values,
+    read_partial,
+)
 from prpo.generation import Completion
 from prpo.tasks import load_task
 
@@ -240,3 +249,36 @@ def test_prpo_eval_bad_input_gives_clear_errors(tiny_causal_lm_dir, shared_data,
     assert run_eval(tiny_causal_lm_dir, tmp_path / "out", "--benchmark", "arithmetic", "--limit", "2") == 0
     code, err = error("--benchmark", "arithmetic", "--limit", "2")
     assert code == 2 and "already holds results" in err
+
+
+def test_interrupted_evaluation_resumes_from_its_partial_file(tmp_path):
+    """Completions are saved chunk by chunk; a rerun generates only the problems that are missing."""
+    task = load_task("arithmetic", split="test", limit=5)
+
+    class Answering:
+        tokenizer = None
+
+        def __init__(self):
+            self.asked = []
+
+        def generate(self, prompts, *, max_new_tokens, temperature, top_p, samples, seed):
+            self.asked += prompts
+            return [[Completion("Answer: 1", 3, "stop")] for _ in prompts]
+
+    partial = tmp_path / "completions.partial.jsonl"
+    settings = dict(samples=1, temperature=0.0, top_p=1.0, max_new_tokens=8, seed=0)
+    first = Answering()
+    evaluate(first, task, chunk=2, partial_file=partial, **settings)
+    assert len(first.asked) == 5
+    lines = partial.read_text().splitlines()
+    assert len(lines) == 6 and json.loads(lines[0])["settings"]["max_new_tokens"] == 8
+    # Drop the last two problems, as if the run had died after the first chunks.
+    partial.write_text("\n".join(lines[:4]) + "\n")
+    again = Answering()
+    result = evaluate(again, task, chunk=2, partial_file=partial, **settings)
+    assert len(again.asked) == 2 and result.summary["num_problems"] == 5
+    assert set(read_partial(partial, json.loads(lines[0])["settings"])) == {e.id for e in task.examples}
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(Answering(), task, partial_file=partial, **{**settings, "max_new_tokens": 9})
+    append_partial(tmp_path / "new.jsonl", {"a": 1}, {})
+    assert (tmp_path / "new.jsonl").read_text() == '{"settings": {"a": 1}}\n'

@@ -12,6 +12,7 @@ or with one math-verify cannot parse, counts as wrong; both are counted in the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import operator
@@ -19,11 +20,10 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prpo.generation import Generator, HFGenerator
+from prpo.generation import Completion, Generator, HFGenerator
 from prpo.grading import extract_final_answer, grading_stats
 from prpo.tasks import Example, Task
 
@@ -66,7 +66,7 @@ def _wilson(p: float, n: int, z: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-@dataclass
+@dataclasses.dataclass
 class EvalResult:
     """`summary`: the metrics (summary.json); `records`: one per problem and sample (records.jsonl)."""
 
@@ -133,16 +133,34 @@ def evaluate(
     limit: int | None = None,
     seed: int = 0,
     model_name: str = "",
+    partial_file: Path | None = None,
+    chunk: int = 64,
 ) -> EvalResult:
-    """Generate `samples` responses per problem of `task` (its first `limit`), grade them, summarise."""
+    """Generate `samples` responses per problem of `task` (its first `limit`), grade them, summarise.
+
+    With `partial_file`, the completions of every `chunk` problems are appended to it as they finish,
+    and problems already there (from an interrupted run with the same settings) are not generated again.
+    """
     examples = task.examples[:limit]
     if not examples:
         raise ValueError(f"task {task.name!r}: nothing to evaluate (limit={limit})")
     started = time.perf_counter()
     prompts = [task.prompt(example, generator.tokenizer) for example in examples]
-    completions = generator.generate(
-        prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, samples=samples, seed=seed
-    )
+    settings = {"benchmark": task.name, "model": model_name, "samples": samples, "temperature": temperature,
+                "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed, "template": task.template}
+    done = read_partial(partial_file, settings) if partial_file is not None else {}
+    todo = [i for i, example in enumerate(examples) if example.id not in done]
+    for start in range(0, len(todo), chunk):
+        indices = todo[start : start + chunk]
+        rows = generator.generate(
+            [prompts[i] for i in indices], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            samples=samples, seed=seed + start,
+        )
+        finished = {examples[i].id: row for i, row in zip(indices, rows)}
+        done.update(finished)
+        if partial_file is not None:
+            append_partial(partial_file, settings, finished)
+    completions = [done[example.id] for example in examples]
     generated = time.perf_counter()
     responses = [c.text for row in completions for c in row]
     golds = [example.answer for example in examples for _ in range(samples)]
@@ -185,6 +203,32 @@ def evaluate(
     no_answer = sum(record["extracted_answer"] is None for record in records)
     summary["unparsable_answers"] = max(0, summary["grading"]["unparsed"] - no_answer)
     return EvalResult(summary, records)
+
+
+def read_partial(path: Path, settings: dict[str, Any]) -> dict[str, list[Completion]]:
+    """Completions saved by an interrupted evaluation with the same settings (none if the file is absent)."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0])["settings"] if lines else None
+        rows = [json.loads(line) for line in lines[1:] if line.strip()]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a partial evaluation file ({err}); delete it or pass --overwrite") from None
+    if header != settings:
+        raise ValueError(f"{path} holds completions made with other settings ({header}); delete it or pass --overwrite")
+    return {row["id"]: [Completion(**c) for c in row["completions"]] for row in rows}
+
+
+def append_partial(path: Path, settings: dict[str, Any], finished: dict[str, list[Completion]]) -> None:
+    """Append finished problems' completions (the settings line first when the file is new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", encoding="utf-8") as out:
+        if new:
+            out.write(json.dumps({"settings": settings}) + "\n")
+        for example_id, row in finished.items():
+            out.write(json.dumps({"id": example_id, "completions": [dataclasses.asdict(c) for c in row]}) + "\n")
 
 
 def summarise(examples: Sequence[Example], records: Sequence[dict[str, Any]], samples: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 BENCHMARKS = ("math500", "gsm8k", "aime24", "amc23", "arithmetic")
+PARTIAL_FILE = "completions.partial.jsonl"  # an interrupted run resumes from it (same --output)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if (output / "summary.json").exists() and not args.overwrite:
         print(f"prpo eval: error: {output} already holds results; choose another --output or pass --overwrite", file=sys.stderr)
         return 2
+    if args.overwrite:
+        (output / PARTIAL_FILE).unlink(missing_ok=True)
     try:
         return _run(args, output)
     except (ValueError, FileNotFoundError) as err:
@@ -76,11 +79,13 @@ def _run(args: argparse.Namespace, output: Path) -> int:
         args.model, backend=args.backend, dtype=args.dtype, device=args.device,
         batch_size=args.batch_size, stop=args.stop, seed=args.seed,
     )
+    partial = output / PARTIAL_FILE
     result = evaluate(
         generator, task, samples=args.samples, temperature=args.temperature, top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens, seed=args.seed, model_name=args.model,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, model_name=args.model, partial_file=partial,
     )
     result.write(output)
+    partial.unlink()
     print(result.table())
     print(f"\nrecords: {output / 'records.jsonl'}\nsummary: {output / 'summary.json'}")
     return 0
