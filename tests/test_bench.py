@@ -120,3 +120,13 @@ def test_bench_smoke_end_to_end(tmp_path):
     assert "| clean | prpo | 1 |" in summary and "| noisy | prpo | 1 |" in summary and "noisy | grpo" not in summary
     assert (tmp_path / "bench-clean.png").exists() and (tmp_path / "bench-noisy.png").exists()
     assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 3
+
+
+def test_saved_policy_tokenizer_loads_as_saved(tmp_path):
+    from prpo.bench.policy import SIZES, build_policy, load_char_tokenizer
+
+    tokenizer = char_tokenizer()
+    build_policy(SIZES["smoke"], tokenizer, seed=0).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    text = "19 + 8 then - 3\n"
+    assert load_char_tokenizer(tmp_path)(text)["input_ids"] == tokenizer(text)["input_ids"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -21,6 +22,17 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     core.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_char_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
+    """The tokenizer saved with a benchmark policy, exactly as saved.
+
+    (`AutoTokenizer` would rebuild it as the Qwen2 tokenizer class, whose byte-level pre-tokenizer
+    drops this vocabulary's spaces, because the folder's config says `qwen2`.)
+    """
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
     tokenizer.padding_side = "left"
     return tokenizer
 

@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 from transformers.utils import logging as hf_logging
 
 from prpo.bench.data import bench_task
 from prpo.bench.policy import SIZES as POLICY_SIZES
-from prpo.bench.policy import PolicySize
+from prpo.bench.policy import PolicySize, load_char_tokenizer
 
 METHODS = ("grpo", "dr_grpo", "prpo", "process_only", "prm_avg", "pure")
 EVAL_FILE = "eval.jsonl"
@@ -151,7 +151,7 @@ def run_one(spec: RunSpec, threads: int) -> str:
         activation_checkpointing=False, use_cpu=size.use_cpu, bf16=False, disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    tokenizer = AutoTokenizer.from_pretrained(spec.init)
+    tokenizer = load_char_tokenizer(spec.init)
     evaluator = HeldOutEval(out / EVAL_FILE, heldout_tasks(size), size.eval_every, 2 * size.max_completion_length)
     trainer = PRPOTrainer(
         spec.init, args, train.to_dataset(tokenizer), processing_class=tokenizer, grader=train.grade,
