@@ -2,7 +2,7 @@
 
 Layout of a results directory::
 
-    warmstart/seed-S/                       warm-started policy (shared by all methods of seed S)
+    warmstart/                              the warm-started policy every run starts from
     runs/SETTING/METHOD/seed-S/metrics.jsonl  PRPOTrainer's per-step metrics
     runs/SETTING/METHOD/seed-S/eval.jsonl     held-out accuracy every `eval_every` steps
     bench.json                              the size preset and the matrix that ran
@@ -183,14 +183,18 @@ def matrix(size: BenchSize, methods: Sequence[str], seeds: Sequence[int], result
             if setting == "noisy" and (noise == 0.0 or not get_method(method).uses_prm):
                 continue
             for seed in seeds:
-                specs.append(RunSpec(method, seed, setting, noise, str(results / "warmstart" / f"seed-{seed}"),
+                specs.append(RunSpec(method, seed, setting, noise, str(results / "warmstart"),
                                      str(results / "runs" / setting / method / f"seed-{seed}"), size))
     return specs
 
 
 def run_bench(size_name: str, results: Path, *, methods: Sequence[str] = METHODS, seeds: int | None = None,
               jobs: int | None = None) -> Path:
-    """Warm-start one policy per seed, then run the matrix in ``jobs`` worker processes."""
+    """Warm-start one policy, then run the matrix from it in ``jobs`` worker processes.
+
+    Every run starts from the same policy, so methods and seeds differ only in RL (the seed sets
+    sampling and data order); an existing complete warm start in ``results`` is reused.
+    """
     size = SIZES[size_name]
     seeds_list = list(range(seeds if seeds is not None else size.seeds))
     jobs = jobs or size.jobs
@@ -203,10 +207,10 @@ def run_bench(size_name: str, results: Path, *, methods: Sequence[str] = METHODS
     context = multiprocessing.get_context("spawn")
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        warm = [pool.submit(_warm_start, seed, size, str(results / "warmstart" / f"seed-{seed}"), threads)
-                for seed in seeds_list]
-        for future in tqdm(as_completed(warm), total=len(warm), desc="warm start", unit="seed"):
-            future.result()
+        if not (results / "warmstart" / "tokenizer.json").exists():  
+            print("warm start: supervised training of the initial policy", flush=True)
+            pool.submit(_warm_start, 0, size, str(results / "warmstart"), os.cpu_count() or 1).result()
+        print(f"warm start done after {time.perf_counter() - start:.0f} s; {len(specs)} RL runs", flush=True)
         futures = {pool.submit(run_one, spec, threads): spec for spec in specs}
         with tqdm(total=len(futures), desc="RL runs", unit="run") as bar:
             for future in as_completed(futures):
