@@ -207,7 +207,7 @@ def run_bench(size_name: str, results: Path, *, methods: Sequence[str] = METHODS
     context = multiprocessing.get_context("spawn")
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        if not (results / "warmstart" / "tokenizer.json").exists():  
+        if not (results / "warmstart" / "tokenizer.json").exists():  # written last by warm_start
             print("warm start: supervised training of the initial policy", flush=True)
             pool.submit(_warm_start, 0, size, str(results / "warmstart"), os.cpu_count() or 1).result()
         print(f"warm start done after {time.perf_counter() - start:.0f} s; {len(specs)} RL runs", flush=True)
