@@ -49,8 +49,8 @@ class PolicySize:
 
 SIZES = {
     "smoke": PolicySize(hidden_size=32, layers=2, heads=2),
-    "cpu": PolicySize(hidden_size=128, layers=4, heads=4),
-    "gpu": PolicySize(hidden_size=384, layers=8, heads=6),
+    "cpu": PolicySize(hidden_size=96, layers=3, heads=4),
+    "gpu": PolicySize(hidden_size=256, layers=6, heads=8),
 }
 
 

@@ -50,6 +50,8 @@ class BenchSize:
     noise: float
     jobs: int
     use_cpu: bool
+    warm_batch_size: int = 64
+    warm_learning_rate: float = 3e-3
     k: int = 5
     min_gap: int = 4
     train_steps: tuple[int, int] = (2, 3)
@@ -63,14 +65,15 @@ SIZES = {
         eval_problems=4, seeds=2, noise=0.15, jobs=1, use_cpu=True,
     ),
     "cpu": BenchSize(
-        policy=POLICY_SIZES["cpu"], warm_problems=2000, warm_epochs=3, error_rate=0.25, rl_steps=30,
+        policy=POLICY_SIZES["cpu"], warm_problems=4000, warm_epochs=10, error_rate=0.2, rl_steps=25,
         prompts_per_step=8, num_generations=8, learning_rate=1e-4, max_completion_length=48, eval_every=5,
-        eval_problems=100, seeds=5, noise=0.15, jobs=2, use_cpu=True,
+        eval_problems=100, seeds=5, noise=0.15, jobs=2, use_cpu=True, warm_learning_rate=5e-3,
     ),
-    "gpu": BenchSize(
-        policy=POLICY_SIZES["gpu"], warm_problems=8000, warm_epochs=4, error_rate=0.25, rl_steps=60,
-        prompts_per_step=32, num_generations=8, learning_rate=5e-5, max_completion_length=48, eval_every=5,
-        eval_problems=300, seeds=5, noise=0.15, jobs=1, use_cpu=False,
+    "gpu": BenchSize(  # one H100/H200: every run of the matrix at once, one CPU thread each
+        policy=POLICY_SIZES["gpu"], warm_problems=8000, warm_epochs=12, error_rate=0.2, rl_steps=30,
+        prompts_per_step=32, num_generations=8, learning_rate=1e-4, max_completion_length=48, eval_every=5,
+        eval_problems=300, seeds=5, noise=0.15, jobs=16, use_cpu=False, warm_batch_size=128,
+        warm_learning_rate=2e-3,
     ),
 }
 
@@ -170,7 +173,8 @@ def _warm_start(seed: int, size: BenchSize, folder: str, threads: int) -> str:
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
     return str(warm_start(folder, size=size.policy, seed=seed, problems=size.warm_problems, epochs=size.warm_epochs,
-                          error_rate=size.error_rate, use_cpu=size.use_cpu))
+                          error_rate=size.error_rate, learning_rate=size.warm_learning_rate,
+                          batch_size=size.warm_batch_size, use_cpu=size.use_cpu))
 
 
 def matrix(size: BenchSize, methods: Sequence[str], seeds: Sequence[int], results: Path) -> list[RunSpec]:
