@@ -75,10 +75,11 @@ def _fake_run(root, setting, method, seed, accuracies, lengths):
     with (folder / "eval.jsonl").open("w") as out:
         for step, acc in zip([0, 5, 10], accuracies):
             out.write(json.dumps({"step": step, "heldout/accuracy": acc, "heldout_long/accuracy": acc / 2,
-                                  "heldout/length": 40.0, "heldout/final_answer_rate": 1.0}) + "\n")
+                                  "heldout/sampled_accuracy": acc / 4, "heldout/length": 40.0,
+                                  "heldout/final_answer_rate": 1.0}) + "\n")
     with (folder / "metrics.jsonl").open("w") as out:
         for step, length in enumerate(lengths, 1):
-            out.write(json.dumps({"step": step, "step_time": 2.0 if method == "grpo" else 2.2,
+            out.write(json.dumps({"step": step, "step_time": 2.0 if method == "grpo" else 2.2, "accuracy": step / 10,
                                   "completions/mean_length": length, "final_answer_rate": length / 40}) + "\n")
 
 
@@ -87,13 +88,18 @@ def test_summary_table_from_run_files(tmp_path):
         _fake_run(tmp_path, "clean", "grpo", seed, [0.4, 0.45, 0.5], [40] * 10)
         _fake_run(tmp_path, "clean", "prpo", seed, [0.4, 0.5 + 0.01 * seed, 0.6], [40] * 10)
         _fake_run(tmp_path, "clean", "process_only", seed, [0.4, 0.3, 0.1], [40, 40, 40, 30, 20, 10, 8, 6, 5, 4])
+    _fake_run(tmp_path, "clean", "pure", 0, [0.4], [40])  # stopped before its first evaluation
+    _fake_run(tmp_path, "clean", "prm_avg", 0, [0.4, 0.7], [40] * 5)  # cut short after step 5
+    _fake_run(tmp_path, "clean", "prm_avg", 1, [0.4, 0.5, 0.6], [40] * 10)
     table = summarise(tmp_path)
+    assert "clean/pure" not in table
+    assert table["clean/prm_avg"]["steps"] == [0, 5] and table["clean/prm_avg"]["final_accuracy"][0] == pytest.approx(0.6)
     assert table["clean/grpo"]["final_accuracy"][0] == pytest.approx(0.5)
     assert table["clean/prpo"]["steps_to_grpo_final"] == 5
     assert table["clean/process_only"]["steps_to_grpo_final"] is None
     assert table["clean/process_only"]["collapsed_seeds"] == 3 and table["clean/prpo"]["collapsed_seeds"] == 0
     text = markdown(table)
-    assert "| clean | prpo | 3 | 40.0 ± 0.0 | 60.0 ± 0.0 | 30.0 ± 0.0 | 5 |" in text
+    assert "| clean | prpo | 3 | 10 | 40.0 ± 0.0 | 60.0 ± 0.0 | 10.0 ± 0.0 | 15.0 ± 0.0 | 20.0 ± 0.0 | 90.0 ± 0.0 | 30.0 ± 0.0 | 5 |" in text
     assert "PRPO/GRPO step-time ratio (clean runs): 1.10" in text
     path = write_summary(tmp_path)
     assert (tmp_path / "bench-clean.png").stat().st_size > 10_000 and "bench-clean.png" in path.read_text()
@@ -101,8 +107,8 @@ def test_summary_table_from_run_files(tmp_path):
 
 def test_summary_names_a_bad_line(tmp_path):
     _fake_run(tmp_path, "clean", "grpo", 0, [0.4, 0.45, 0.5], [40] * 3)
-    (tmp_path / "runs/clean/grpo/seed-0/eval.jsonl").write_text('{"step": 0}\nnot json\n')
-    with pytest.raises(ValueError, match="eval.jsonl line 2: not JSON"):
+    (tmp_path / "runs/clean/grpo/seed-0/eval.jsonl").write_text('{"step": 0}\n{"step": 5}\nnot json\n')
+    with pytest.raises(ValueError, match="eval.jsonl line 3: not JSON"):
         summarise(tmp_path)
 
 

@@ -101,7 +101,7 @@ def bench_task(split: str, n: int, steps: tuple[int, int], seed: int) -> Task:
     """
     config = ArithmeticConfig(steps=steps, numbers=(2, 9), ops="+-*", max_factor=2, max_value=99, groups=0.0, patterns=())
     examples: dict[str, Example] = {}  # the generator may tell one chain twice in different words
-    for example in generate(3 * n, split=split, seed=seed, config=config):
+    for example in generate(4 * n, split=split, seed=seed, config=config):
         problem = terse_problem(parse_solution(example.meta["solution"]))
         examples.setdefault(problem, Example(example.id, problem, example.answer, dict(example.meta)))
     if len(examples) < n:

@@ -70,7 +70,7 @@ SIZES = {
         eval_problems=100, seeds=5, noise=0.15, jobs=2, use_cpu=True, warm_learning_rate=5e-3,
     ),
     "gpu": BenchSize(  # one H100/H200: every run of the matrix at once, one CPU thread each
-        policy=POLICY_SIZES["gpu"], warm_problems=8000, warm_epochs=12, error_rate=0.2, rl_steps=30,
+        policy=POLICY_SIZES["gpu"], warm_problems=6000, warm_epochs=16, error_rate=0.2, rl_steps=30,
         prompts_per_step=32, num_generations=8, learning_rate=1e-4, max_completion_length=48, eval_every=5,
         eval_problems=300, seeds=5, noise=0.15, jobs=16, use_cpu=False, warm_batch_size=128,
         warm_learning_rate=2e-3,
@@ -92,7 +92,8 @@ class RunSpec:
 
 
 class HeldOutEval(TrainerCallback):
-    """Greedy accuracy on held-out problems (trained length and longer chains) every ``every`` steps."""
+    """Held-out accuracy every ``every`` steps: greedy on the trained chain length and on longer chains,
+    and sampled (temperature 1) on the trained length."""
 
     def __init__(self, path: Path, tasks: dict, every: int, max_new_tokens: int):
         self.path, self.tasks, self.every, self.max_new_tokens = path, tasks, every, max_new_tokens
@@ -108,6 +109,11 @@ class HeldOutEval(TrainerCallback):
             row[f"{name}/accuracy"] = result["accuracy"]
             row[f"{name}/length"] = result["response_tokens"]["mean"]
             row[f"{name}/final_answer_rate"] = 1 - result["no_final_answer_fraction"]
+        # The sampling policy RL optimises: mean accuracy of 2 samples per problem at temperature 1.
+        sampled = evaluate_model(model, tokenizer, self.tasks["heldout"], samples=2, temperature=1.0, seed=step,
+                                 max_new_tokens=self.max_new_tokens, batch_size=2 * len(self.tasks["heldout"]),
+                                 progress=False).summary
+        row["heldout/sampled_accuracy"] = sampled["accuracy"]
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
 

@@ -45,14 +45,21 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def load_runs(results: Path) -> dict[tuple[str, str], list[dict]]:
-    """``(setting, method) -> [{"seed", "eval": rows, "train": rows}, ...]`` for every finished run."""
+    """``(setting, method) -> [{"seed", "eval": rows, "train": rows}, ...]`` for every run evaluated after step 0.
+
+    A run cut short counts up to its last evaluation: a method's final step is the last one that
+    all of its runs reached.
+    """
     runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for eval_path in sorted((results / "runs").glob(f"*/*/seed-*/{EVAL_FILE}")):
         folder = eval_path.parent
         metrics = folder / METRICS_FILE
+        evals = read_jsonl(eval_path)
+        if len(evals) < 2:  # stopped before its first evaluation after step 0
+            continue
         runs[(folder.parent.parent.name, folder.parent.name)].append({
             "seed": int(folder.name.split("-")[1]),
-            "eval": read_jsonl(eval_path),
+            "eval": evals,
             "train": [r for r in read_jsonl(metrics) if "step_time" in r] if metrics.exists() else [],
         })
     if not runs:
@@ -82,12 +89,19 @@ def summarise(results: Path) -> dict[str, dict]:
         _, acc_long = curve(group, "eval", "heldout_long/accuracy")
         _, length = curve(group, "eval", "heldout/length")
         _, answered = curve(group, "eval", "heldout/final_answer_rate")
+        _, sampled = curve(group, "eval", "heldout/sampled_accuracy")
+        train_first = [statistics.fmean(r["accuracy"] for r in run["train"][:3]) for run in group if run["train"]]
+        train_last = [statistics.fmean(r["accuracy"] for r in run["train"][-3:]) for run in group if run["train"]]
         step_times = [statistics.fmean(r["step_time"] for r in run["train"]) for run in group if run["train"]]
         table[f"{setting}/{method}"] = {
             "setting": setting, "method": method, "seeds": len(group), "steps": steps,
             "accuracy_curve": [statistics.fmean(v) for v in acc],
             "initial_accuracy": mean_ci(acc[0]), "final_accuracy": mean_ci(acc[-1]),
             "final_accuracy_long": mean_ci(acc_long[-1]),
+            "initial_sampled_accuracy": mean_ci(sampled[0]) if sampled else (math.nan, math.nan),
+            "final_sampled_accuracy": mean_ci(sampled[-1]) if sampled else (math.nan, math.nan),
+            "train_accuracy_first": mean_ci(train_first) if train_first else (math.nan, math.nan),
+            "train_accuracy_last": mean_ci(train_last) if train_last else (math.nan, math.nan),
             "final_length": statistics.fmean(length[-1]), "final_answer_rate": statistics.fmean(answered[-1]),
             "collapsed_seeds": sum(collapsed(run) for run in group),
             "step_time": statistics.fmean(step_times) if step_times else math.nan,
@@ -102,23 +116,28 @@ def summarise(results: Path) -> dict[str, dict]:
 
 def _pct(mean_half: tuple[float, float]) -> str:
     mean, half = mean_half
+    if math.isnan(mean):
+        return "—"
     return f"{100 * mean:.1f} ± {100 * half:.1f}" if not math.isnan(half) else f"{100 * mean:.1f}"
 
 
 def markdown(table: dict[str, dict]) -> str:
     """The results table (accuracies in %, mean ± 95% t-interval half-width over seeds)."""
     lines = [
-        "| setting | method | seeds | held-out acc. start | held-out acc. final | longer chains final "
-        "| steps to GRPO's final | final length | final-answer rate | collapse | step time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | method | seeds | final step | greedy held-out start | greedy held-out final | sampled held-out start "
+        "| sampled held-out final | training acc. first 3 steps | training acc. last 3 steps | longer chains final "
+        "| steps to GRPO's final (greedy) | final length | final-answer rate | collapse | step time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.values():
         reach = "—" if row["steps_to_grpo_final"] is None else str(row["steps_to_grpo_final"])
         collapse = f"yes ({row['collapsed_seeds']}/{row['seeds']})" if row["collapsed_seeds"] * 2 > row["seeds"] else (
             f"no ({row['collapsed_seeds']}/{row['seeds']})")
         lines.append(
-            f"| {row['setting']} | {row['method']} | {row['seeds']} | {_pct(row['initial_accuracy'])} "
-            f"| {_pct(row['final_accuracy'])} | {_pct(row['final_accuracy_long'])} | {reach} "
+            f"| {row['setting']} | {row['method']} | {row['seeds']} | {row['steps'][-1]} | {_pct(row['initial_accuracy'])} "
+            f"| {_pct(row['final_accuracy'])} | {_pct(row['initial_sampled_accuracy'])} "
+            f"| {_pct(row['final_sampled_accuracy'])} | {_pct(row['train_accuracy_first'])} "
+            f"| {_pct(row['train_accuracy_last'])} | {_pct(row['final_accuracy_long'])} | {reach} "
             f"| {row['final_length']:.1f} | {100 * row['final_answer_rate']:.0f}% | {collapse} | {row['step_time']:.2f} |"
         )
     clean = {r["method"]: r for r in table.values() if r["setting"] == "clean"}
