@@ -68,7 +68,10 @@ def main() -> None:
     parser.add_argument("--min-gap", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--reference-repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     batch = make_batch(args.rows, args.tokens, args.group_size, args.k, seed=0)
     vectorised(batch, args.k, args.min_gap)  # warm-up
