@@ -78,9 +78,9 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
     segment. Returns LongTensor[B, T]: ids ``0..r`` on valid tokens, -1 on padding.
 
     Greedy acceptance equals "take the best candidate still compatible with the accepted set", so
-    the batch runs k rounds of a masked argmax. To keep each round cheap, rows are cut into blocks
-    wider than the ``2m - 1`` window; one pass takes every block's max, and after a pick only the
-    (at most two) blocks its window touches are recomputed.
+    the batch runs k rounds of an argmax. Rows are cut into blocks wider than the ``2m - 1``
+    window: one pass takes every block's max, and only the few blocks whose candidates change
+    (the row's ends, and the blocks a pick's window touches) are recomputed, masked, each round.
     """
     if entropy.shape != mask.shape:
         raise ValueError(f"entropy {tuple(entropy.shape)} and mask {tuple(mask.shape)} differ in shape")
@@ -94,17 +94,26 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
     device = entropy.device
     block = max(64, 1 << (2 * min_gap - 1).bit_length())
     n_blocks = max(1, -(-width // block))
-    values = entropy.float()
-    if n_blocks * block != width:
-        values = torch.nn.functional.pad(values, (0, n_blocks * block - width))
-    positions = torch.arange(n_blocks * block, device=device)
-    work = torch.where(positions < (lengths - min_gap + 1).unsqueeze(1), values, float("-inf"))
-    work[:, :min_gap] = float("-inf")
+    # A private copy: each pick writes -inf over its window (b - m, b + m).
+    work = torch.nn.functional.pad(entropy.float(), (0, n_blocks * block - width), value=float("-inf"))
     blocks = work.view(batch, n_blocks, block)
-    block_max, block_arg = blocks.max(dim=2)
-
-    rows = torch.arange(batch, device=device)
+    last = lengths - min_gap  # the last candidate position of each row
+    offsets = torch.arange(block, device=device)
     window = torch.arange(-min_gap + 1, min_gap, device=device)
+
+    def masked(rows: Tensor, blk: Tensor) -> Tensor:
+        """Entropies of block ``blk`` of each row, -inf where not (or no longer) a candidate."""
+        pos = blk.unsqueeze(1) * block + offsets
+        keep = (pos >= min_gap) & (pos <= last[rows].unsqueeze(1))
+        return blocks[rows, blk].masked_fill(~keep, float("-inf"))
+
+    starts = torch.arange(n_blocks, device=device) * block
+    block_max = blocks.amax(dim=2)
+    block_max.masked_fill_((starts > last.unsqueeze(1)) | (starts + block <= min_gap), float("-inf"))
+    rows = torch.arange(batch, device=device)
+    for blk in (torch.zeros_like(last), (last // block).clamp(0, n_blocks - 1)):
+        block_max[rows, blk] = masked(rows, blk).amax(dim=1)
+
     delta = torch.zeros(batch, width, dtype=torch.long, device=device)
     count = torch.zeros(batch, dtype=torch.long, device=device)
     for _ in range(k):
@@ -116,13 +125,13 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
         if not found.any():
             break
         picked_rows, picked_block = rows[found], best_block[found]
-        picked = picked_block * block + block_arg[picked_rows, picked_block]
+        picked = picked_block * block + masked(picked_rows, picked_block).argmax(dim=1)
+        work[picked_rows.unsqueeze(1), (picked.unsqueeze(1) + window).clamp(0, n_blocks * block - 1)] = float("-inf")
         delta[picked_rows, picked] = 1
         count[picked_rows] += 1
-        knock = (picked.unsqueeze(1) + window).clamp_(0, n_blocks * block - 1)
-        work[picked_rows.unsqueeze(1), knock] = float("-inf")
-        for touched in (knock[:, 0] // block, knock[:, -1] // block):
-            block_max[picked_rows, touched], block_arg[picked_rows, touched] = blocks[picked_rows, touched].max(dim=1)
+        for blk in ((picked - min_gap + 1).clamp(min=0) // block, (picked + min_gap - 1) // block):
+            blk = blk.clamp(max=n_blocks - 1)
+            block_max[picked_rows, blk] = masked(picked_rows, blk).amax(dim=1)
     short = (lengths < width).nonzero().flatten()
     delta[short, lengths[short]] -= count[short] + 1
     return delta.cumsum_(dim=1)
