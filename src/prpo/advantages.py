@@ -149,23 +149,25 @@ def process_advantage(
     mu0: float = 0.5,
     sigma0: float = math.sqrt(1 / 24),
     eps: float = 1e-6,
+    shift: Tensor | None = None,
 ) -> Tensor:
-    """Process advantage ``Z[B, T]`` from token scores ``P``, 0 on padding.
+    """Process advantage ``Z[B, T]`` from token scores ``P`` (plus a per-response ``shift``), 0 on padding.
 
     ``fixed_prior``: ``Z = (P - mu0) / sigma0``. ``group``: ``Z = (P - mean_g) / (std_g + eps)`` with
     the mean and population std over all valid tokens of all responses of the group.
     """
     scores = token_scores.float()
+    offset = torch.zeros(scores.shape[0], device=scores.device) if shift is None else shift.float()
     if normalization == "fixed_prior":
         if sigma0 <= 0:
             raise ValueError(f"sigma0 must be > 0, got {sigma0}")
-        z = (scores - mu0) / sigma0
+        z = (scores * (1 / sigma0)).add_((offset - mu0 / sigma0)[:, None])
     elif normalization == "group":
         valid = mask.float()
         count = group_sum(valid.sum(dim=1), group_ids).clamp(min=1)
         mean = group_sum((scores * valid).sum(dim=1), group_ids) / count
         var = group_sum((((scores - mean[:, None]) ** 2) * valid).sum(dim=1), group_ids) / count
-        z = (scores - mean[:, None]) / (var.sqrt()[:, None] + eps)
+        z = (scores - mean[:, None]) / (var.sqrt()[:, None] + eps) + offset[:, None]
     else:
         raise ValueError(f"normalization must be 'fixed_prior' or 'group', got {normalization!r}")
     return torch.where(mask, z, 0.0)
@@ -211,12 +213,11 @@ def prpo(
     eps: float = 1e-6,
 ) -> Tensor:
     """PRPO: ``A[i, t] = Z[i, t] + beta_i``; the outcome sets the location, the PRM moves credit between segments."""
-    z = process_advantage(
-        inputs.scores("prpo"), inputs.mask, inputs.group_ids,
-        normalization=normalization, mu0=mu0, sigma0=sigma0, eps=eps,
-    )
     beta = outcome_location(inputs.outcome_rewards, inputs.group_ids, scale=outcome_scale, eps=eps)
-    return z.add_(beta[:, None]).masked_fill_(~inputs.mask, 0.0)
+    return process_advantage(
+        inputs.scores("prpo"), inputs.mask, inputs.group_ids,
+        normalization=normalization, mu0=mu0, sigma0=sigma0, eps=eps, shift=beta,
+    )
 
 
 @register_advantage("process_only", uses_prm=True)
@@ -261,6 +262,7 @@ def pure(
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     mask = inputs.mask
+    response_lengths(mask)  # the last valid token is at L_i - 1
     ids = inputs.segments("pure")
     next_ids = torch.full_like(ids, -1)
     next_ids[:, :-1] = ids[:, 1:]
@@ -299,7 +301,9 @@ def _validate(inputs: AdvantageInputs) -> None:
             raise ValueError(f"{name} must have the mask's shape {tuple(inputs.mask.shape)}, got {tuple(value.shape)}")
     if inputs.token_scores is not None:
         scores = inputs.token_scores
-        low, high = torch.aminmax(torch.where(inputs.mask, scores, 0.5))
+        low, high = torch.aminmax(scores)  # padding is usually in range too; only then look closer
+        if not (0 <= low.item() and high.item() <= 1):
+            low, high = torch.aminmax(torch.where(inputs.mask, scores, 0.5))
         if not (0 <= low.item() and high.item() <= 1):  # also false for NaN
             bad = inputs.mask & (~torch.isfinite(scores) | (scores < 0) | (scores > 1))
             row, t = bad.nonzero()[0].tolist()
@@ -323,8 +327,6 @@ def compute_advantages(
     if unknown:
         takes = ", ".join(known) or "no options"
         raise ValueError(f"advantage method {method!r} does not take option(s) {unknown}; it takes: {takes}")
-    mask = mask.bool()
-    response_lengths(mask)
-    inputs = AdvantageInputs(outcome_rewards, group_ids, mask, token_scores, segment_ids)
+    inputs = AdvantageInputs(outcome_rewards, group_ids, mask.bool(), token_scores, segment_ids)
     _validate(inputs)
     return entry.fn(inputs, **options)
