@@ -170,7 +170,7 @@ def process_advantage(
         z = (scores - mean[:, None]) / (var.sqrt()[:, None] + eps) + offset[:, None]
     else:
         raise ValueError(f"normalization must be 'fixed_prior' or 'group', got {normalization!r}")
-    return torch.where(mask, z, 0.0)
+    return z.masked_fill_(~mask, 0.0)
 
 
 def broadcast(per_response: Tensor, mask: Tensor) -> Tensor:

@@ -61,7 +61,7 @@ def response_lengths(mask: Tensor) -> Tensor:
         if gaps.any():
             row = int(gaps.nonzero()[0])
             raise ValueError(f"mask row {row} is not right-padded (a valid token follows padding)")
-    return mask.sum(dim=1)
+    return torch.count_nonzero(mask, dim=1)
 
 
 def _ids_from_boundaries(boundaries: Tensor, mask: Tensor) -> Tensor:
@@ -197,7 +197,7 @@ def token_offsets(token_texts: Sequence[Sequence[str]]) -> tuple[list[str], list
 
 def num_segments(segment_ids: Tensor) -> Tensor:
     """Segments per row: ``max id + 1`` (0 for an empty row)."""
-    return segment_ids.max(dim=1).values.clamp(min=-1) + 1
+    return segment_ids.amax(dim=1).clamp(min=-1) + 1
 
 
 def segment_spans(segment_ids: Tensor) -> list[list[tuple[int, int]]]:
