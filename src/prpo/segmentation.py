@@ -80,7 +80,8 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
     Greedy acceptance equals "take the best candidate still compatible with the accepted set", so
     the batch runs k rounds of an argmax. Rows are cut into blocks wider than the ``2m - 1``
     window: one pass takes every block's max, and only the few blocks whose candidates change
-    (the row's ends, and the blocks a pick's window touches) are recomputed, masked, each round.
+    (the row's ends, and the blocks a pick's window touches) are recomputed, masked, each round,
+    for all rows at once.
     """
     if entropy.shape != mask.shape:
         raise ValueError(f"entropy {tuple(entropy.shape)} and mask {tuple(mask.shape)} differ in shape")
@@ -100,38 +101,41 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
     last = lengths - min_gap  # the last candidate position of each row
     offsets = torch.arange(block, device=device)
     window = torch.arange(-min_gap + 1, min_gap, device=device)
+    rows = torch.arange(batch, device=device)
 
-    def masked(rows: Tensor, blk: Tensor) -> Tensor:
-        """Entropies of block ``blk`` of each row, -inf where not (or no longer) a candidate."""
-        pos = blk.unsqueeze(1) * block + offsets
-        keep = (pos >= min_gap) & (pos <= last[rows].unsqueeze(1))
-        return blocks[rows, blk].masked_fill(~keep, float("-inf"))
+    def masked(blk: Tensor) -> Tensor:
+        """Entropies [B, j, block] of blocks ``blk`` [B, j] of every row, -inf where not (or no longer) a candidate."""
+        pos = blk.unsqueeze(2) * block + offsets
+        keep = (pos >= min_gap) & (pos <= last[:, None, None])
+        return blocks[rows[:, None], blk].masked_fill(~keep, float("-inf"))
+
+    def refresh(blk: Tensor) -> None:
+        block_max.scatter_(1, blk, masked(blk).amax(dim=2))
 
     starts = torch.arange(n_blocks, device=device) * block
     block_max = blocks.amax(dim=2)
     block_max.masked_fill_((starts > last.unsqueeze(1)) | (starts + block <= min_gap), float("-inf"))
-    rows = torch.arange(batch, device=device)
-    for blk in (torch.zeros_like(last), (last // block).clamp(0, n_blocks - 1)):
-        block_max[rows, blk] = masked(rows, blk).amax(dim=1)
+    refresh(torch.stack([torch.zeros_like(last), (last // block).clamp(0, n_blocks - 1)], dim=1))
 
     delta = torch.zeros(batch, width, dtype=torch.long, device=device)
     count = torch.zeros(batch, dtype=torch.long, device=device)
     for _ in range(k):
+        # Every row takes part; a row with no candidate left "picks" position 0, whose window
+        # holds no candidate, and adds nothing to its ids.
         best_block = block_max.argmax(dim=1)
-        best = block_max[rows, best_block]
+        best = block_max.gather(1, best_block.unsqueeze(1)).squeeze(1)
         if torch.isnan(best).any():
             raise ValueError(f"entropy has NaN at a candidate position of row {int(torch.isnan(best).nonzero()[0])}")
         found = best > float("-inf")
         if not found.any():
             break
-        picked_rows, picked_block = rows[found], best_block[found]
-        picked = picked_block * block + masked(picked_rows, picked_block).argmax(dim=1)
-        work[picked_rows.unsqueeze(1), (picked.unsqueeze(1) + window).clamp(0, n_blocks * block - 1)] = float("-inf")
-        delta[picked_rows, picked] = 1
-        count[picked_rows] += 1
-        for blk in ((picked - min_gap + 1).clamp(min=0) // block, (picked + min_gap - 1) // block):
-            blk = blk.clamp(max=n_blocks - 1)
-            block_max[picked_rows, blk] = masked(picked_rows, blk).amax(dim=1)
+        picked = best_block * block + masked(best_block.unsqueeze(1))[:, 0].argmax(dim=1)
+        picked = torch.where(found, picked, 0)
+        work[rows.unsqueeze(1), (picked.unsqueeze(1) + window).clamp(0, n_blocks * block - 1)] = float("-inf")
+        delta[rows, picked] += found.long()
+        count += found.long()
+        touched = torch.stack([(picked - min_gap + 1).clamp(min=0) // block, (picked + min_gap - 1) // block], dim=1)
+        refresh(touched.clamp(max=n_blocks - 1))
     short = (lengths < width).nonzero().flatten()
     delta[short, lengths[short]] -= count[short] + 1
     return delta.cumsum_(dim=1)
