@@ -61,7 +61,11 @@ def response_lengths(mask: Tensor) -> Tensor:
         if gaps.any():
             row = int(gaps.nonzero()[0])
             raise ValueError(f"mask row {row} is not right-padded (a valid token follows padding)")
-    return torch.count_nonzero(mask, dim=1)
+    if mask.shape[1] == 0:
+        return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+    # The first padding position (argmin of the 0/1 bytes, no int64 copy of the mask), or T.
+    first_pad = mask.view(torch.uint8).argmin(dim=1)
+    return torch.where(mask[:, -1], mask.shape[1], first_pad)
 
 
 def _ids_from_boundaries(boundaries: Tensor, mask: Tensor) -> Tensor:
@@ -96,7 +100,8 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
     block = max(64, 1 << (2 * min_gap - 1).bit_length())
     n_blocks = max(1, -(-width // block))
     # A private copy: each pick writes -inf over its window (b - m, b + m).
-    work = torch.nn.functional.pad(entropy.float(), (0, n_blocks * block - width), value=float("-inf"))
+    extra = n_blocks * block - width
+    work = torch.nn.functional.pad(entropy.float(), (0, extra), value=float("-inf")) if extra else entropy.float().clone()
     blocks = work.view(batch, n_blocks, block)
     last = lengths - min_gap  # the last candidate position of each row
     offsets = torch.arange(block, device=device)
