@@ -129,10 +129,11 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
         # holds no candidate, and adds nothing to its ids.
         best_block = block_max.argmax(dim=1)
         best = block_max.gather(1, best_block.unsqueeze(1)).squeeze(1)
-        if torch.isnan(best).any():
-            raise ValueError(f"entropy has NaN at a candidate position of row {int(torch.isnan(best).nonzero()[0])}")
         found = best > float("-inf")
-        if not found.any():
+        any_nan, any_found = torch.stack([torch.isnan(best).any(), found.any()]).tolist()  # one sync
+        if any_nan:
+            raise ValueError(f"entropy has NaN at a candidate position of row {int(torch.isnan(best).nonzero()[0])}")
+        if not any_found:
             break
         picked = best_block * block + masked(best_block.unsqueeze(1))[:, 0].argmax(dim=1)
         picked = torch.where(found, picked, 0)
