@@ -83,9 +83,8 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
 
     Greedy acceptance equals "take the best candidate still compatible with the accepted set", so
     the batch runs k rounds of an argmax. Rows are cut into blocks wider than the ``2m - 1``
-    window: one pass takes every block's max, and only the few blocks whose candidates change
-    (the row's ends, and the blocks a pick's window touches) are recomputed, masked, each round,
-    for all rows at once.
+    window: one pass takes every block's max, and each round only the blocks a pick's window
+    touches are recomputed, for all rows at once.
     """
     if entropy.shape != mask.shape:
         raise ValueError(f"entropy {tuple(entropy.shape)} and mask {tuple(mask.shape)} differ in shape")
@@ -108,19 +107,19 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
     window = torch.arange(-min_gap + 1, min_gap, device=device)
     rows = torch.arange(batch, device=device)
 
-    def masked(blk: Tensor) -> Tensor:
-        """Entropies [B, j, block] of blocks ``blk`` [B, j] of every row, -inf where not (or no longer) a candidate."""
-        pos = blk.unsqueeze(2) * block + offsets
-        keep = (pos >= min_gap) & (pos <= last[:, None, None])
-        return blocks[rows[:, None], blk].masked_fill(~keep, float("-inf"))
+    # Only candidates stay finite: -inf before m, and after L - m in the block holding L - m and the
+    # next one (a pick's window reaches at most one block further; later blocks are never read).
+    work[:, :min_gap] = float("-inf")
+    tail = (last // block).clamp(0, n_blocks - 1)
+    tail = torch.stack([tail, (tail + 1).clamp(max=n_blocks - 1)], dim=1)
+    tail_values = blocks[rows[:, None], tail]
+    tail_values.masked_fill_(tail.unsqueeze(2) * block + offsets > last[:, None, None], float("-inf"))
+    blocks[rows[:, None], tail] = tail_values
+    starts = torch.arange(n_blocks, device=device) * block
+    block_max = blocks.amax(dim=2).masked_fill_(starts > last.unsqueeze(1), float("-inf"))
 
     def refresh(blk: Tensor) -> None:
-        block_max.scatter_(1, blk, masked(blk).amax(dim=2))
-
-    starts = torch.arange(n_blocks, device=device) * block
-    block_max = blocks.amax(dim=2)
-    block_max.masked_fill_((starts > last.unsqueeze(1)) | (starts + block <= min_gap), float("-inf"))
-    refresh(torch.stack([torch.zeros_like(last), (last // block).clamp(0, n_blocks - 1)], dim=1))
+        block_max.scatter_(1, blk, blocks[rows[:, None], blk].amax(dim=2))
 
     delta = torch.zeros(batch, width, dtype=torch.long, device=device)
     count = torch.zeros(batch, dtype=torch.long, device=device)
@@ -135,7 +134,7 @@ def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 1
             raise ValueError(f"entropy has NaN at a candidate position of row {int(torch.isnan(best).nonzero()[0])}")
         if not any_found:
             break
-        picked = best_block * block + masked(best_block.unsqueeze(1))[:, 0].argmax(dim=1)
+        picked = best_block * block + blocks[rows, best_block].argmax(dim=1)
         picked = torch.where(found, picked, 0)
         work[rows.unsqueeze(1), (picked.unsqueeze(1) + window).clamp(0, n_blocks * block - 1)] = float("-inf")
         delta[rows, picked] += found.long()
