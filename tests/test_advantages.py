@@ -235,3 +235,11 @@ def test_singleton_and_equal_reward_groups_are_finite(method):
     assert torch.isfinite(adv).all()
     if method in {"grpo", "dr_grpo"}:
         assert adv.eq(0).all()
+
+
+def test_garbage_scores_on_padding_still_give_exact_zeros():
+    ids = torch.tensor([[0, 0, -1], [0, 1, 1]])
+    scores = torch.tensor([[0.7, 0.7, float("nan")], [0.2, 0.9, 0.9]])
+    adv = compute_advantages("prpo", outcome_rewards=torch.tensor([1.0, -1.0]), group_ids=torch.tensor([0, 0]),
+                             mask=ids >= 0, token_scores=scores, segment_ids=ids)
+    assert adv[0, 2].item() == 0.0 and torch.isfinite(adv).all()

@@ -161,7 +161,7 @@ def process_advantage(
     if normalization == "fixed_prior":
         if sigma0 <= 0:
             raise ValueError(f"sigma0 must be > 0, got {sigma0}")
-        z = (scores * (1 / sigma0)).add_((offset - mu0 / sigma0)[:, None])
+        z = torch.addcmul((offset - mu0 / sigma0)[:, None], scores, scores.new_tensor(1 / sigma0))
     elif normalization == "group":
         valid = mask.float()
         count = group_sum(valid.sum(dim=1), group_ids).clamp(min=1)
@@ -170,7 +170,7 @@ def process_advantage(
         z = (scores - mean[:, None]) / (var.sqrt()[:, None] + eps) + offset[:, None]
     else:
         raise ValueError(f"normalization must be 'fixed_prior' or 'group', got {normalization!r}")
-    return z.masked_fill_(~mask, 0.0)
+    return z.masked_fill_(~mask, 0.0)  # not a product: padding may hold NaN
 
 
 def broadcast(per_response: Tensor, mask: Tensor) -> Tensor:
