@@ -73,12 +73,25 @@ def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
             f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL run file; a bad line is an error naming the file and line."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {number}: not JSON ({err.msg})") from None
+    return rows
+
+
 def truncate_after_step(path: Path, step: int) -> None:
     """Keep the rows of a JSONL file whose ``step`` is at most ``step``."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [row for row in read_jsonl(path) if row["step"] <= step]
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
 
 
 class RunFiles(TrainerCallback):
@@ -104,8 +117,8 @@ class RunFiles(TrainerCallback):
         truncate_after_step(self.metrics_path, state.global_step)
         truncate_after_step(self.samples_path, state.global_step)
         if self.metrics_path.exists():  # resumed: replay the kept steps into the collapse monitor
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-                self.monitor.update(json.loads(line))
+            for row in read_jsonl(self.metrics_path):
+                self.monitor.update(row)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:

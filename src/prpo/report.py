@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from prpo.metrics import METRICS_FILE, SAMPLES_FILE
+from prpo.metrics import METRICS_FILE, SAMPLES_FILE, read_jsonl
 
 CURVES_FILE = "curves.png"
 REPORT_FILE = "report.html"
@@ -26,19 +26,6 @@ CURVES = (
     ("prm/score_mean", "mean PRM segment score"),
     ("final_answer_rate", "final-answer rate"),
 )
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a bad line is an error naming the file and line."""
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {number}: not JSON ({err.msg})") from None
-    return rows
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path) -> Path:
@@ -129,10 +116,10 @@ def build_report(run_dir: str | Path, *, samples_per_step: int = 4, steps_shown:
     metrics_path = run_dir / METRICS_FILE
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {METRICS_FILE} is missing")
-    metrics = [row for row in read_rows(metrics_path) if "step" in row]
+    metrics = [row for row in read_jsonl(metrics_path) if "step" in row]
     curves = plot_curves(metrics, run_dir / CURVES_FILE)
     samples_path = run_dir / SAMPLES_FILE
-    samples = read_rows(samples_path) if samples_path.is_file() else []
+    samples = read_jsonl(samples_path) if samples_path.is_file() else []
     steps = sorted({s["step"] for s in samples})
     shown = sorted({steps[0], *steps[-(steps_shown - 1):]}) if steps else []
     body = [f"<h1>prpo run: {html.escape(run_dir.name)}</h1>"]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prpo.bench.runner import EVAL_FILE
-from prpo.metrics import METRICS_FILE, CollapseMonitor
+from prpo.metrics import METRICS_FILE, CollapseMonitor, read_jsonl
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom (normal beyond the table).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -30,18 +30,6 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, math.nan
     return mean, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file, with the file and line named on a bad row."""
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: not JSON ({err.msg})") from None
-    return rows
 
 
 def load_runs(results: Path) -> dict[tuple[str, str], list[dict]]:
