@@ -15,6 +15,7 @@ from prpo.segmentation import (
     fixed_segments,
     marker_segments,
     num_segments,
+    response_lengths,
     scores_to_tokens,
     segment_spans,
     token_entropy,
@@ -192,3 +193,24 @@ def test_scores_to_tokens_accepts_a_padded_tensor():
     torch.testing.assert_close(scores_to_tokens(padded, ids), torch.tensor([[0.1, 0.2, 0.2], [0.3, 0.3, 0.0]]))
     with pytest.raises(ValueError, match="1 columns for up to 2 segments"):
         scores_to_tokens(padded[:, :1], ids)
+
+
+def test_scores_to_tokens_over_many_row_blocks_matches_elementwise():
+    # 300 x 1000 tokens span three row blocks of the gather (GATHER_BLOCK_ELEMENTS = 2**17).
+    gen = torch.Generator().manual_seed(0)
+    entropy = torch.rand(300, 1000, generator=gen)
+    mask = torch.arange(1000) < torch.randint(0, 1001, (300, 1), generator=gen)
+    ids = entropy_segments(entropy, mask, k=5, min_gap=10)
+    scores = torch.rand(300, 6, generator=gen)
+    tokens = scores_to_tokens(scores, ids)
+    expected = torch.where(ids >= 0, scores.gather(1, ids.clamp(min=0)), 0.0)
+    assert torch.equal(tokens, expected)
+
+
+def test_response_lengths_counts_and_rejects_gaps():
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]])
+    assert response_lengths(mask).tolist() == [3, 1, 0, 2]
+    for bad, row in [([[1, 1, 1], [0, 1, 1]], 1), ([[0, 0, 1]], 0), ([[1, 0, 1]], 0)]:
+        with pytest.raises(ValueError, match=f"mask row {row} is not right-padded"):
+            response_lengths(torch.tensor(bad))
+    assert response_lengths(torch.ones(2, 0)).tolist() == [0, 0]

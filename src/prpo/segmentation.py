@@ -14,6 +14,7 @@ from torch import Tensor
 
 
 ENTROPY_BLOCK_ELEMENTS = 1 << 24  # float32 elements of one vocabulary block (64 MiB)
+GATHER_BLOCK_ELEMENTS = 1 << 17  # int64 index elements per block of `scores_to_tokens` (1 MiB)
 
 
 def token_entropy(logits: Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> Tensor:
@@ -52,20 +53,23 @@ def token_entropy(logits: Tensor, temperature: float = 1.0, chunk_size: int | No
 
 
 def response_lengths(mask: Tensor) -> Tensor:
-    """``L_i`` of a right-padded mask[B, T]; raises if a row's valid tokens are not a prefix."""
+    """``L_i`` of a right-padded mask[B, T]; raises if a row's valid tokens are not a prefix.
+
+    The valid tokens form a prefix exactly when their count equals the position of the first
+    padding token (T when there is none): one count and one argmin, no [B, T] temporaries.
+    """
     mask = mask.bool()
     if mask.dim() != 2:
         raise ValueError(f"mask must be 2-D [B, T], got shape {tuple(mask.shape)}")
-    if mask.shape[1] > 1:
-        gaps = (mask[:, 1:] & ~mask[:, :-1]).any(dim=1)
-        if gaps.any():
-            row = int(gaps.nonzero()[0])
-            raise ValueError(f"mask row {row} is not right-padded (a valid token follows padding)")
     if mask.shape[1] == 0:
         return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+    counts = mask.view(torch.uint8).sum(dim=1, dtype=torch.int32 if mask.shape[1] < 2**31 else torch.long)
     # The first padding position (argmin of the 0/1 bytes, no int64 copy of the mask), or T.
-    first_pad = mask.view(torch.uint8).argmin(dim=1)
-    return torch.where(mask[:, -1], mask.shape[1], first_pad)
+    lengths = torch.where(mask[:, -1], mask.shape[1], mask.view(torch.uint8).argmin(dim=1))
+    gaps = counts != lengths
+    if gaps.any():
+        raise ValueError(f"mask row {int(gaps.nonzero()[0])} is not right-padded (a valid token follows padding)")
+    return lengths
 
 
 def _ids_from_boundaries(boundaries: Tensor, mask: Tensor) -> Tensor:
@@ -245,4 +249,12 @@ def scores_to_tokens(scores: Sequence[Sequence[float]] | Tensor, segment_ids: Te
                 raise ValueError(f"row {row}: {len(row_scores)} scores for {count} segments")
         for row, row_scores in enumerate(scores):
             table[row, 1 : len(row_scores) + 1] = torch.tensor(list(row_scores), dtype=torch.float32)
-    return table.to(segment_ids.device).gather(1, segment_ids + 1)
+    table = table.to(segment_ids.device)
+    out = torch.empty(segment_ids.shape, device=segment_ids.device)
+    # Row blocks keep the shifted int64 index small (at most GATHER_BLOCK_ELEMENTS), so it is
+    # reused from the allocator's free memory instead of being a fresh [B, T] tensor each call.
+    step = max(1, GATHER_BLOCK_ELEMENTS // max(segment_ids.shape[1], 1))
+    for row in range(0, segment_ids.shape[0], step):
+        rows = slice(row, row + step)
+        torch.gather(table[rows], 1, segment_ids[rows] + 1, out=out[rows])
+    return out
