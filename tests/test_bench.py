@@ -8,9 +8,19 @@ import random
 
 import pytest
 
-from prpo.bench.data import Step, bench_task, parse_solution, slip, terse_problem, warm_start_rows, with_step_errors, write_solution
+from prpo.bench.data import (
+    Step,
+    bench_task,
+    dropped_carry,
+    parse_solution,
+    slip,
+    terse_problem,
+    warm_start_rows,
+    with_step_errors,
+    write_solution,
+)
 from prpo.bench.policy import char_tokenizer
-from prpo.bench.summary import markdown, mean_ci, summarise, t95, write_summary
+from prpo.bench.summary import markdown, mean_ci, paired_difference, summarise, t95, write_summary
 from prpo.prm import load_prm
 
 
@@ -39,10 +49,32 @@ def test_step_errors_slip_and_carry_on_consistently():
         assert after.before == before.after  # later steps continue from the slipped value
 
 
+@pytest.mark.parametrize(
+    ("before", "op", "operand", "expected"),
+    [(47, "+", 5, 42), (9, "+", 8, 7), (95, "+", 7, 92), (23, "-", 7, 26), (40, "-", 3, 47), (37, "*", 2, 64),
+     (5, "*", 2, 0), (43, "+", 5, None), (28, "-", 3, None), (34, "*", 2, None), (40, "/", 8, None)],
+)
+def test_dropped_carry_by_hand(before, op, operand, expected):
+    assert dropped_carry(before, op, operand) == expected
+
+
+def test_misconception_drops_every_carry_of_its_operators_and_later_steps_carry_on():
+    steps = [Step(47, "+", 5, 52), Step(52, "+", 9, 61), Step(61, "-", 7, 54), Step(54, "+", 3, 57)]
+    wrong = with_step_errors(steps, random.Random(0), error_rate=0.0, misconception_rate=1.0)
+    # 47 + 5 carries -> 42; 42 + 9 carries -> 41; the subtraction is not an operator of the
+    # misconception (its borrow is kept); 34 + 3 needs no carry.
+    assert wrong == [Step(47, "+", 5, 42), Step(42, "+", 9, 41), Step(41, "-", 7, 34), Step(34, "+", 3, 37)]
+    assert with_step_errors(steps, random.Random(0), 0.0, misconception_rate=1.0, misconception_ops="+-")[2] == Step(
+        41, "-", 7, 44
+    )
+    rates = [with_step_errors(steps[:1], random.Random(seed), 0.0, 0.65)[0].after == 42 for seed in range(2000)]
+    assert 0.6 < sum(rates) / len(rates) < 0.7
+
+
 def test_warm_start_errors_are_what_the_arithmetic_prm_flags():
     task = bench_task("train", 40, (2, 3), seed=1)
     prm = load_prm("arithmetic")
-    rows = warm_start_rows(task, random.Random(0), error_rate=0.5)
+    rows = warm_start_rows(task, random.Random(0), error_rate=0.3, misconception_rate=0.5)
     flagged = 0
     for example, row in zip(task.examples, rows):
         lines = [line + "\n" for line in row["completion"].split("\n")]
@@ -99,10 +131,26 @@ def test_summary_table_from_run_files(tmp_path):
     assert table["clean/process_only"]["steps_to_grpo_final"] is None
     assert table["clean/process_only"]["collapsed_seeds"] == 3 and table["clean/prpo"]["collapsed_seeds"] == 0
     text = markdown(table)
-    assert "| clean | prpo | 3 | 10 | 40.0 ± 0.0 | 60.0 ± 0.0 | 10.0 ± 0.0 | 15.0 ± 0.0 | 20.0 ± 0.0 | 90.0 ± 0.0 | 30.0 ± 0.0 | 5 |" in text
+    assert (
+        "| clean | prpo | 3 | 10 | 40.0 ± 0.0 | 60.0 ± 0.0 | 10.0 ± 0.0 | 15.0 ± 0.0 | 20.0 ± 0.0 | 90.0 ± 0.0 | 30.0 ± 0.0 "
+        "| +10.0 ± 0.0 | +2.5 ± 0.0 | 5 |" in text
+    )
+    assert "| clean | grpo | 3 | 10 |" in text and "| +0.0 ± 0.0 | +0.0 ± 0.0 | 10 |" in text
     assert "PRPO/GRPO step-time ratio (clean runs): 1.10" in text
     path = write_summary(tmp_path)
     assert (tmp_path / "bench-clean.png").stat().st_size > 10_000 and "bench-clean.png" in path.read_text()
+
+
+def test_paired_difference_pairs_runs_by_seed():
+    def runs(finals):
+        return [{"seed": seed, "eval": [{"step": 0, "acc": 0.0}, {"step": 10, "acc": acc}]} for seed, acc in finals]
+
+    grpo = runs([(0, 0.3), (1, 0.5), (2, 0.7)])
+    # Each seed beats its own GRPO run by exactly 10 points; unpaired, the spread would be wide.
+    assert paired_difference(runs([(2, 0.8), (0, 0.4), (1, 0.6)]), grpo, "acc") == pytest.approx((0.1, 0.0))
+    mean, half = paired_difference(runs([(0, 0.5), (1, 0.5), (5, 0.9)]), grpo, "acc")  # seed 5 has no pair
+    assert mean == pytest.approx(0.1) and half == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
+    assert all(math.isnan(v) for v in paired_difference(runs([(9, 0.5)]), grpo, "acc"))
 
 
 def test_summary_names_a_bad_line(tmp_path):

@@ -10,10 +10,14 @@ prompts::
                14 - 5 = 9
                Answer: 9
 
-Warm-start solutions carry realistic step errors: a step's result slips (off by one or two, off by
-ten, swapped digits) and the following steps carry on consistently from the wrong value, so the
-final answer is wrong too. A policy fitted to them makes such errors at a middling rate, which RL
-can then train away.
+Warm-start solutions carry realistic step errors of two kinds, and the following steps carry on
+consistently from the wrong value, so the final answer is wrong too:
+
+- a misconception, systematic: the carry out of the ones column is dropped (``47 + 5 = 42``) in most
+  of the additions that need one (``dropped_carry`` also covers borrows and products). Fitted to it, the policy's
+  *most likely* result of such a step is wrong, so even greedy decoding is only middling, while
+  sampling still finds the right result often enough for RL to learn from;
+- slips, random: a result off by one or two, off by ten, or with two digits swapped, rarely.
 """
 
 from __future__ import annotations
@@ -80,12 +84,37 @@ def slip(value: int, rng: random.Random) -> int:
     return value + delta if value + delta >= 0 else value + abs(delta)
 
 
-def with_step_errors(steps: Sequence[Step], rng: random.Random, error_rate: float) -> list[Step]:
-    """Re-derive ``steps``: each result slips with probability ``error_rate``; later steps carry on from it."""
+def dropped_carry(before: int, op: str, operand: int) -> int | None:
+    """The result of ``before op operand`` with the carry (or borrow) out of the ones column dropped.
+
+    Tens and ones are worked separately and the ones digit is kept modulo 10: ``47 + 5 -> 42``,
+    ``23 - 7 -> 26``, ``37 * 2 -> 64``. None when the step needs no carry (or is a division).
+    """
+    if op == "/":
+        return None
+    ones = _APPLY[op](before % 10, operand % 10)
+    if 0 <= ones <= 9:
+        return None
+    tens = _APPLY[op](before // 10, operand // 10) if op != "*" else (before // 10) * operand
+    return tens * 10 + ones % 10
+
+
+def with_step_errors(
+    steps: Sequence[Step], rng: random.Random, error_rate: float, misconception_rate: float = 0.0,
+    misconception_ops: str = "+",
+) -> list[Step]:
+    """Re-derive ``steps``, later steps carrying on from each result as written.
+
+    A step whose operator is in ``misconception_ops`` and that needs a carry drops it with
+    probability ``misconception_rate``; otherwise its result slips with probability ``error_rate``.
+    """
     out, value = [], steps[0].before
     for step in steps:
         result = _APPLY[step.op](value, step.operand)
-        if rng.random() < error_rate:
+        dropped = dropped_carry(value, step.op, step.operand) if step.op in misconception_ops else None
+        if dropped is not None and rng.random() < misconception_rate:
+            result = dropped
+        elif rng.random() < error_rate:
             result = slip(result, rng)
         out.append(Step(value, step.op, step.operand, result))
         value = result
@@ -109,10 +138,12 @@ def bench_task(split: str, n: int, steps: tuple[int, int], seed: int) -> Task:
     return Task(f"bench-{split}-{steps[0]}-{steps[1]}", list(examples.values())[:n], TEMPLATE.name, answer_matches)
 
 
-def warm_start_rows(task: Task, rng: random.Random, error_rate: float) -> list[dict[str, str]]:
-    """Prompt/completion rows for supervised warm start, with step errors at ``error_rate``."""
+def warm_start_rows(
+    task: Task, rng: random.Random, error_rate: float, misconception_rate: float = 0.0
+) -> list[dict[str, str]]:
+    """Prompt/completion rows for supervised warm start, with step errors (see `with_step_errors`)."""
     rows = []
     for example in task.examples:
-        steps = with_step_errors(parse_solution(example.meta["solution"]), rng, error_rate)
+        steps = with_step_errors(parse_solution(example.meta["solution"]), rng, error_rate, misconception_rate)
         rows.append({"prompt": TEMPLATE.text(example.problem), "completion": write_solution(steps)})
     return rows

@@ -39,6 +39,7 @@ class BenchSize:
     warm_problems: int
     warm_epochs: float
     error_rate: float
+    misconception_rate: float
     rl_steps: int
     prompts_per_step: int
     num_generations: int
@@ -50,6 +51,7 @@ class BenchSize:
     noise: float
     jobs: int
     use_cpu: bool
+    rl_warmup_steps: int = 5  # learning-rate warm-up of RL, so Adam's first, noisy steps stay small
     warm_batch_size: int = 64
     warm_learning_rate: float = 3e-3
     k: int = 5
@@ -60,19 +62,20 @@ class BenchSize:
 
 SIZES = {
     "smoke": BenchSize(  # a seconds-long end-to-end check of the whole pipeline (tests)
-        policy=POLICY_SIZES["smoke"], warm_problems=64, warm_epochs=1, error_rate=0.25, rl_steps=2,
-        prompts_per_step=2, num_generations=4, learning_rate=1e-3, max_completion_length=16, eval_every=1,
-        eval_problems=4, seeds=2, noise=0.15, jobs=1, use_cpu=True,
+        policy=POLICY_SIZES["smoke"], warm_problems=64, warm_epochs=1, error_rate=0.05, misconception_rate=0.65,
+        rl_steps=2, prompts_per_step=2, num_generations=4, learning_rate=1e-3, max_completion_length=16,
+        eval_every=1, eval_problems=4, seeds=2, noise=0.15, jobs=1, use_cpu=True,
     ),
-    "cpu": BenchSize(
-        policy=POLICY_SIZES["cpu"], warm_problems=4000, warm_epochs=10, error_rate=0.2, rl_steps=25,
-        prompts_per_step=8, num_generations=8, learning_rate=1e-4, max_completion_length=48, eval_every=5,
-        eval_problems=100, seeds=5, noise=0.15, jobs=2, use_cpu=True, warm_learning_rate=5e-3,
+    "cpu": BenchSize(  # about 25 minutes on 2 cores: 50 runs, two at a time, one thread each
+        policy=POLICY_SIZES["cpu"], warm_problems=6000, warm_epochs=10, error_rate=0.05, misconception_rate=0.65,
+        rl_steps=30, prompts_per_step=16, num_generations=8, learning_rate=2e-4, max_completion_length=48,
+        eval_every=10, eval_problems=200, seeds=5, noise=0.15, jobs=2, use_cpu=True, warm_batch_size=32,
+        warm_learning_rate=3e-3,
     ),
     "gpu": BenchSize(  # one H100/H200: every run of the matrix at once, one CPU thread each
-        policy=POLICY_SIZES["gpu"], warm_problems=6000, warm_epochs=16, error_rate=0.2, rl_steps=30,
-        prompts_per_step=32, num_generations=8, learning_rate=1e-4, max_completion_length=48, eval_every=5,
-        eval_problems=300, seeds=5, noise=0.15, jobs=16, use_cpu=False, warm_batch_size=128,
+        policy=POLICY_SIZES["gpu"], warm_problems=6000, warm_epochs=16, error_rate=0.05, misconception_rate=0.65,
+        rl_steps=30, prompts_per_step=32, num_generations=8, learning_rate=1e-4, max_completion_length=48,
+        eval_every=5, eval_problems=300, seeds=5, noise=0.15, jobs=16, use_cpu=False, warm_batch_size=128,
         warm_learning_rate=2e-3,
     ),
 }
@@ -155,7 +158,7 @@ def run_one(spec: RunSpec, threads: int) -> str:
         num_generations=size.num_generations,
         per_device_train_batch_size=size.prompts_per_step * size.num_generations,
         max_completion_length=size.max_completion_length, max_prompt_length=64,
-        k=size.k, min_gap=size.min_gap, learning_rate=size.learning_rate, max_steps=size.rl_steps,
+        k=size.k, min_gap=size.min_gap, learning_rate=size.learning_rate, warmup_steps=size.rl_warmup_steps, max_steps=size.rl_steps,
         temperature=1.0, save_strategy="no", report_to=[], logging_steps=1, samples_per_step=4,
         activation_checkpointing=False, use_cpu=size.use_cpu, bf16=False, disable_tqdm=True,
         dataloader_num_workers=0,
@@ -179,8 +182,9 @@ def _warm_start(seed: int, size: BenchSize, folder: str, threads: int) -> str:
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
     return str(warm_start(folder, size=size.policy, seed=seed, problems=size.warm_problems, epochs=size.warm_epochs,
-                          error_rate=size.error_rate, learning_rate=size.warm_learning_rate,
-                          batch_size=size.warm_batch_size, use_cpu=size.use_cpu))
+                          error_rate=size.error_rate,
+                          misconception_rate=size.misconception_rate, learning_rate=size.warm_learning_rate,
+                          batch_size=size.warm_batch_size, use_cpu=size.use_cpu, progress=True))
 
 
 def matrix(size: BenchSize, methods: Sequence[str], seeds: Sequence[int], results: Path) -> list[RunSpec]:

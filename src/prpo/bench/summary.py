@@ -62,6 +62,17 @@ def curve(runs: list[dict], source: str, key: str) -> tuple[list[int], list[list
     return steps, values
 
 
+def paired_difference(group: list[dict], baseline: list[dict], key: str) -> tuple[float, float]:
+    """Mean and 95% half-width of ``final(run) - final(baseline run of the same seed)`` over shared seeds.
+
+    Runs of one seed start from the same policy with the same data order and sampling seed, so the
+    paired difference removes the seed's share of the spread. ``final`` is the run's last evaluation.
+    """
+    final = {run["seed"]: run["eval"][-1][key] for run in baseline if key in run["eval"][-1]}
+    diffs = [run["eval"][-1][key] - final[run["seed"]] for run in group if run["seed"] in final and key in run["eval"][-1]]
+    return mean_ci(diffs) if diffs else (math.nan, math.nan)
+
+
 def collapsed(run: dict, window: int = 3) -> bool:
     """Whether the collapse monitor of `prpo.metrics` fires at any step of the run's training metrics."""
     monitor = CollapseMonitor(window=window)
@@ -95,10 +106,15 @@ def summarise(results: Path) -> dict[str, dict]:
             "step_time": statistics.fmean(step_times) if step_times else math.nan,
         }
     for row in table.values():
-        grpo = table.get(f"{row['setting']}/grpo") or table.get("clean/grpo")
+        setting = row["setting"] if (row["setting"], "grpo") in runs else "clean"  # GRPO never reads the PRM
+        grpo = table.get(f"{setting}/grpo")
         target = grpo["final_accuracy"][0] if grpo else math.nan
         reached = [s for s, a in zip(row["steps"], row["accuracy_curve"]) if a >= target]
         row["steps_to_grpo_final"] = reached[0] if reached else None
+        baseline = runs.get((setting, "grpo"), [])
+        group = runs[(row["setting"], row["method"])]
+        row["vs_grpo"] = paired_difference(group, baseline, "heldout/accuracy")
+        row["vs_grpo_sampled"] = paired_difference(group, baseline, "heldout/sampled_accuracy")
     return table
 
 
@@ -109,13 +125,23 @@ def _pct(mean_half: tuple[float, float]) -> str:
     return f"{100 * mean:.1f} ± {100 * half:.1f}" if not math.isnan(half) else f"{100 * mean:.1f}"
 
 
+def _signed(mean_half: tuple[float, float]) -> str:
+    """A difference in points: ``+3.2 ± 1.5``, or — where there is nothing to compare."""
+    mean, half = mean_half
+    if math.isnan(mean):
+        return "—"
+    return f"{100 * mean:+.1f} ± {100 * half:.1f}" if not math.isnan(half) else f"{100 * mean:+.1f}"
+
+
 def markdown(table: dict[str, dict]) -> str:
-    """The results table (accuracies in %, mean ± 95% t-interval half-width over seeds)."""
+    """The results table (accuracies in %, mean ± 95% t-interval half-width over seeds;
+    "minus GRPO" columns: the per-seed difference to GRPO's final accuracy, in points)."""
     lines = [
         "| setting | method | seeds | final step | greedy held-out start | greedy held-out final | sampled held-out start "
         "| sampled held-out final | training acc. first 3 steps | training acc. last 3 steps | longer chains final "
+        "| minus GRPO, greedy (paired) | minus GRPO, sampled (paired) "
         "| steps to GRPO's final (greedy) | final length | final-answer rate | collapse | step time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.values():
         reach = "—" if row["steps_to_grpo_final"] is None else str(row["steps_to_grpo_final"])
@@ -125,7 +151,8 @@ def markdown(table: dict[str, dict]) -> str:
             f"| {row['setting']} | {row['method']} | {row['seeds']} | {row['steps'][-1]} | {_pct(row['initial_accuracy'])} "
             f"| {_pct(row['final_accuracy'])} | {_pct(row['initial_sampled_accuracy'])} "
             f"| {_pct(row['final_sampled_accuracy'])} | {_pct(row['train_accuracy_first'])} "
-            f"| {_pct(row['train_accuracy_last'])} | {_pct(row['final_accuracy_long'])} | {reach} "
+            f"| {_pct(row['train_accuracy_last'])} | {_pct(row['final_accuracy_long'])} "
+            f"| {_signed(row['vs_grpo'])} | {_signed(row['vs_grpo_sampled'])} | {reach} "
             f"| {row['final_length']:.1f} | {100 * row['final_answer_rate']:.0f}% | {collapse} | {row['step_time']:.2f} |"
         )
     clean = {r["method"]: r for r in table.values() if r["setting"] == "clean"}
@@ -144,8 +171,9 @@ def plot(results: Path, out_dir: Path) -> list[Path]:
     runs = load_runs(results)
     written = []
     for setting in sorted({s for s, _ in runs}):
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-        panels = [("eval", "heldout/accuracy", "held-out accuracy (trained lengths)"),
+        fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
+        panels = [("eval", "heldout/accuracy", "held-out accuracy, greedy (trained lengths)"),
+                  ("eval", "heldout/sampled_accuracy", "held-out accuracy, sampled T=1 (trained lengths)"),
                   ("eval", "heldout_long/accuracy", "held-out accuracy (longer chains)"),
                   ("train", "completions/mean_length", "training response length (tokens)")]
         for ax, (source, key, title) in zip(axes, panels):

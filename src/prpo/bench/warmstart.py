@@ -21,16 +21,19 @@ def warm_start(
     problems: int,
     epochs: float,
     error_rate: float,
+    misconception_rate: float = 0.0,
     learning_rate: float = 3e-3,
     batch_size: int = 64,
     use_cpu: bool = True,
+    progress: bool = False,
 ) -> Path:
-    """Train a fresh policy on solutions with step errors; save it with its tokenizer to ``output_dir``."""
+    """Train a fresh policy on solutions with step errors (slips at ``error_rate``, dropped carries at
+    ``misconception_rate``); save it with its tokenizer to ``output_dir``."""
     output_dir = Path(output_dir)
     tokenizer = char_tokenizer()
     model = build_policy(size, tokenizer, seed)
     task = bench_task("train", problems, steps=(2, 3), seed=seed)
-    rows = warm_start_rows(task, random.Random(seed), error_rate)
+    rows = warm_start_rows(task, random.Random(seed), error_rate, misconception_rate)
     args = SFTConfig(
         output_dir=str(output_dir / "sft"),
         num_train_epochs=epochs,
@@ -47,7 +50,7 @@ def warm_start(
         bf16=False,
         max_length=size.max_positions,
         dataset_num_proc=None,
-        disable_tqdm=True,
+        disable_tqdm=not progress,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)
