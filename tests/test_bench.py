@@ -130,6 +130,8 @@ def test_summary_table_from_run_files(tmp_path):
     assert table["clean/prpo"]["steps_to_grpo_final"] == 5
     assert table["clean/process_only"]["steps_to_grpo_final"] is None
     assert table["clean/process_only"]["collapsed_seeds"] == 3 and table["clean/prpo"]["collapsed_seeds"] == 0
+    assert table["clean/process_only"]["fall_from_best"][0] == pytest.approx(0.3)  # 0.4 at step 0, 0.1 at the end
+    assert table["clean/prpo"]["fall_from_best"] == (0.0, 0.0)
     text = markdown(table)
     assert (
         "| clean | prpo | 3 | 10 | 40.0 ± 0.0 | 60.0 ± 0.0 | 10.0 ± 0.0 | 15.0 ± 0.0 | 20.0 ± 0.0 | 90.0 ± 0.0 | 30.0 ± 0.0 "
@@ -164,16 +166,20 @@ def test_bench_smoke_end_to_end(tmp_path):
     """The whole pipeline at the smoke size: warm start, RL runs with a clean and a noisy PRM, table, plots."""
     from prpo.commands.bench import main as bench_main
 
-    assert bench_main(["--size", "smoke", "--output", str(tmp_path), "--methods", "grpo", "prpo", "--seeds", "1"]) == 0
+    argv = ["--size", "smoke", "--output", str(tmp_path), "--methods", "grpo", "prpo", "--seeds", "1", "--rl-steps", "3"]
+    assert bench_main(argv) == 0
     for run in ("clean/grpo", "clean/prpo", "noisy/prpo"):
         evals = [json.loads(line) for line in (tmp_path / "runs" / run / "seed-0" / "eval.jsonl").read_text().splitlines()]
-        assert [row["step"] for row in evals] == [0, 1, 2]
+        assert [row["step"] for row in evals] == [0, 1, 2, 3]
         assert 0.0 <= evals[-1]["heldout_long/accuracy"] <= 1.0
         assert (tmp_path / "runs" / run / "seed-0" / "metrics.jsonl").exists()
     summary = (tmp_path / "summary.md").read_text()
     assert "| clean | prpo | 1 |" in summary and "| noisy | prpo | 1 |" in summary and "noisy | grpo" not in summary
     assert (tmp_path / "bench-clean.png").exists() and (tmp_path / "bench-noisy.png").exists()
-    assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 3
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["runs"] == 3 and bench["preset"]["rl_steps"] == 3
+    with pytest.raises(SystemExit, match="--rl-steps must be at least 1"):
+        bench_main(["--size", "smoke", "--output", str(tmp_path), "--rl-steps", "0"])
 
 
 def test_saved_policy_tokenizer_loads_as_saved(tmp_path):

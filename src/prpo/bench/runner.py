@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -203,13 +203,13 @@ def matrix(size: BenchSize, methods: Sequence[str], seeds: Sequence[int], result
 
 
 def run_bench(size_name: str, results: Path, *, methods: Sequence[str] = METHODS, seeds: int | None = None,
-              jobs: int | None = None) -> Path:
+              jobs: int | None = None, rl_steps: int | None = None) -> Path:
     """Warm-start one policy, then run the matrix from it in ``jobs`` worker processes.
 
     Every run starts from the same policy, so methods and seeds differ only in RL (the seed sets
     sampling and data order); an existing complete warm start in ``results`` is reused.
     """
-    size = SIZES[size_name]
+    size = SIZES[size_name] if rl_steps is None else replace(SIZES[size_name], rl_steps=rl_steps)
     seeds_list = list(range(seeds if seeds is not None else size.seeds))
     jobs = jobs or size.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)

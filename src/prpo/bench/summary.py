@@ -103,6 +103,8 @@ def summarise(results: Path) -> dict[str, dict]:
             "train_accuracy_last": mean_ci(train_last) if train_last else (math.nan, math.nan),
             "final_length": statistics.fmean(length[-1]), "final_answer_rate": statistics.fmean(answered[-1]),
             "collapsed_seeds": sum(collapsed(run) for run in group),
+            # How far each run ended below its own best held-out accuracy (0 when it ended at its best).
+            "fall_from_best": mean_ci([max(run) - run[-1] for run in zip(*acc)]),
             "step_time": statistics.fmean(step_times) if step_times else math.nan,
         }
     for row in table.values():
@@ -135,13 +137,15 @@ def _signed(mean_half: tuple[float, float]) -> str:
 
 def markdown(table: dict[str, dict]) -> str:
     """The results table (accuracies in %, mean ± 95% t-interval half-width over seeds;
-    "minus GRPO" columns: the per-seed difference to GRPO's final accuracy, in points)."""
+    "minus GRPO" columns: the per-seed difference to GRPO's final accuracy, in points; "fall from
+    best": how far each run's final greedy accuracy lies below its own best evaluation)."""
     lines = [
         "| setting | method | seeds | final step | greedy held-out start | greedy held-out final | sampled held-out start "
         "| sampled held-out final | training acc. first 3 steps | training acc. last 3 steps | longer chains final "
         "| minus GRPO, greedy (paired) | minus GRPO, sampled (paired) "
-        "| steps to GRPO's final (greedy) | final length | final-answer rate | collapse | step time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| steps to GRPO's final (greedy) | final length | final-answer rate | collapse | fall from best (greedy) "
+        "| step time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.values():
         reach = "—" if row["steps_to_grpo_final"] is None else str(row["steps_to_grpo_final"])
@@ -153,7 +157,8 @@ def markdown(table: dict[str, dict]) -> str:
             f"| {_pct(row['final_sampled_accuracy'])} | {_pct(row['train_accuracy_first'])} "
             f"| {_pct(row['train_accuracy_last'])} | {_pct(row['final_accuracy_long'])} "
             f"| {_signed(row['vs_grpo'])} | {_signed(row['vs_grpo_sampled'])} | {reach} "
-            f"| {row['final_length']:.1f} | {100 * row['final_answer_rate']:.0f}% | {collapse} | {row['step_time']:.2f} |"
+            f"| {row['final_length']:.1f} | {100 * row['final_answer_rate']:.0f}% | {collapse} "
+            f"| {_pct(row['fall_from_best'])} | {row['step_time']:.2f} |"
         )
     clean = {r["method"]: r for r in table.values() if r["setting"] == "clean"}
     if "prpo" in clean and "grpo" in clean and clean["grpo"]["step_time"] > 0:

@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="advantage methods to compare")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default: the preset's)")
+    parser.add_argument("--rl-steps", type=int, default=None,
+                        help="RL steps per run (default: the preset's); e.g. a longer horizon for collapse")
     parser.add_argument("--summary-only", action="store_true", help="rebuild table and plots from existing runs")
     return parser
 
@@ -33,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         get_method(method)
     if args.seeds is not None and args.seeds < 1:
         raise SystemExit("prpo bench: --seeds must be at least 1")
+    if args.rl_steps is not None and args.rl_steps < 1:
+        raise SystemExit("prpo bench: --rl-steps must be at least 1")
     if not args.summary_only:
         from prpo.bench.runner import run_bench
 
-        run_bench(args.size, args.output, methods=args.methods, seeds=args.seeds, jobs=args.jobs)
+        run_bench(args.size, args.output, methods=args.methods, seeds=args.seeds, jobs=args.jobs,
+                  rl_steps=args.rl_steps)
     path = write_summary(args.output)
     print(path.read_text())
     print(f"results in {args.output}")
