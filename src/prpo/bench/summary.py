@@ -69,7 +69,8 @@ def paired_difference(group: list[dict], baseline: list[dict], key: str) -> tupl
     paired difference removes the seed's share of the spread. ``final`` is the run's last evaluation.
     """
     final = {run["seed"]: run["eval"][-1][key] for run in baseline if key in run["eval"][-1]}
-    diffs = [run["eval"][-1][key] - final[run["seed"]] for run in group if run["seed"] in final and key in run["eval"][-1]]
+    diffs = [run["eval"][-1][key] - final[run["seed"]]
+             for run in group if run["seed"] in final and key in run["eval"][-1]]
     return mean_ci(diffs) if diffs else (math.nan, math.nan)
 
 

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and seed under identical budgets; write raw JSONL, a Markdown table and PNG plots.",
     )
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu",
-                        help="cpu: ~30 min on 2 cores; gpu: ~10 min on one H100-class GPU")
+                        help="cpu: about 25 min on 2 cores (measured); gpu: the matrix sized for one H100/H200-class GPU")
     parser.add_argument("--output", type=Path, default=Path("results/bench"), help="results directory")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="advantage methods to compare")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default: the preset's)")
