@@ -181,6 +181,18 @@ def test_bench_smoke_end_to_end(tmp_path):
     with pytest.raises(SystemExit, match="--rl-steps must be at least 1"):
         bench_main(["--size", "smoke", "--output", str(tmp_path), "--rl-steps", "0"])
 
+    # Run again into the same folder: complete runs are kept; a run cut short starts over.
+    cut = tmp_path / "runs" / "noisy" / "prpo" / "seed-0" / "eval.jsonl"
+    cut.write_text("\n".join(cut.read_text().splitlines()[:2]) + "\n")
+    kept = tmp_path / "runs" / "clean" / "grpo" / "seed-0" / "eval.jsonl"
+    before = kept.read_text(), kept.stat().st_mtime_ns
+    assert bench_main(argv + ["--settings", "noisy"]) == 0
+    assert (kept.read_text(), kept.stat().st_mtime_ns) == before
+    assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 1  # the noisy PRM: prpo only
+    assert [json.loads(line)["step"] for line in cut.read_text().splitlines()] == [0, 1, 2, 3]
+    with pytest.raises(SystemExit, match="another preset \\(differs in rl_steps\\)"):
+        bench_main(argv[:-1] + ["4"])
+
 
 def test_saved_policy_tokenizer_loads_as_saved(tmp_path):
     from prpo.bench.policy import SIZES, build_policy, load_char_tokenizer

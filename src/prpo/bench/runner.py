@@ -26,8 +26,10 @@ from transformers.utils import logging as hf_logging
 from prpo.bench.data import bench_task
 from prpo.bench.policy import SIZES as POLICY_SIZES
 from prpo.bench.policy import PolicySize, load_char_tokenizer
+from prpo.metrics import read_jsonl
 
 METHODS = ("grpo", "dr_grpo", "prpo", "process_only", "prm_avg", "pure")
+SETTINGS = ("clean", "noisy")
 EVAL_FILE = "eval.jsonl"
 
 
@@ -188,12 +190,15 @@ def _warm_start(seed: int, size: BenchSize, folder: str, threads: int) -> str:
                           batch_size=size.warm_batch_size, use_cpu=size.use_cpu, progress=True))
 
 
-def matrix(size: BenchSize, methods: Sequence[str], seeds: Sequence[int], results: Path) -> list[RunSpec]:
+def matrix(size: BenchSize, methods: Sequence[str], seeds: Sequence[int], results: Path,
+           settings: Sequence[str] = SETTINGS) -> list[RunSpec]:
     """Clean PRM for every method; the noisy PRM for the methods that use one."""
     from prpo.advantages import get_method
 
     specs = []
     for setting, noise in (("clean", 0.0), ("noisy", size.noise)):
+        if setting not in settings:
+            continue
         for method in methods:
             if setting == "noisy" and (noise == 0.0 or not get_method(method).uses_prm):
                 continue
@@ -203,29 +208,57 @@ def matrix(size: BenchSize, methods: Sequence[str], seeds: Sequence[int], result
     return specs
 
 
+def complete(spec: RunSpec) -> bool:
+    """Whether the run's held-out evaluations already reach its last step (an interrupted run is not)."""
+    path = Path(spec.output_dir) / EVAL_FILE
+    try:
+        rows = read_jsonl(path) if path.exists() else []
+    except ValueError:  # a line cut short by a kill: the run starts over
+        return False
+    return bool(rows) and rows[-1].get("step") == spec.size.rl_steps
+
+
+def check_preset(results: Path, preset: dict) -> None:
+    """Refuse to mix runs of another preset into ``results`` (its bench.json records the preset)."""
+    path = results / "bench.json"
+    if not path.exists():
+        return
+    before = json.loads(path.read_text()).get("preset", {})
+    differ = sorted(key for key in preset.keys() | before.keys() if preset.get(key) != before.get(key))
+    if differ:
+        raise ValueError(f"{path}: its runs used another preset (differs in {', '.join(differ)}); "
+                         "choose another --output")
+
+
 def run_bench(size_name: str, results: Path, *, methods: Sequence[str] = METHODS, seeds: int | None = None,
-              jobs: int | None = None, rl_steps: int | None = None) -> Path:
+              jobs: int | None = None, rl_steps: int | None = None, settings: Sequence[str] = SETTINGS) -> Path:
     """Warm-start one policy, then run the matrix from it in ``jobs`` worker processes.
 
     Every run starts from the same policy, so methods and seeds differ only in RL (the seed sets
-    sampling and data order); an existing complete warm start in ``results`` is reused.
+    sampling and data order). Rerun into the same ``results`` and the existing warm start and every
+    complete run are reused: an interrupted benchmark only runs what is missing.
     """
     size = SIZES[size_name] if rl_steps is None else replace(SIZES[size_name], rl_steps=rl_steps)
     seeds_list = list(range(seeds if seeds is not None else size.seeds))
     jobs = jobs or size.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    preset = json.loads(json.dumps(asdict(size)))
+    check_preset(results, preset)
     results.mkdir(parents=True, exist_ok=True)
-    specs = matrix(size, methods, seeds_list, results)
+    specs = matrix(size, methods, seeds_list, results, settings)
     (results / "bench.json").write_text(json.dumps(
-        {"size": size_name, "preset": asdict(size), "methods": list(methods), "seeds": seeds_list,
-         "runs": len(specs)}, indent=2) + "\n")
+        {"size": size_name, "preset": preset, "methods": list(methods), "settings": list(settings),
+         "seeds": seeds_list, "runs": len(specs)}, indent=2) + "\n")
+    done = [spec for spec in specs if complete(spec)]
+    specs = [spec for spec in specs if spec not in done]
     context = multiprocessing.get_context("spawn")
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         if not (results / "warmstart" / "tokenizer.json").exists():  # written last by warm_start
             print("warm start: supervised training of the initial policy", flush=True)
             pool.submit(_warm_start, 0, size, str(results / "warmstart"), os.cpu_count() or 1).result()
-        print(f"warm start done after {time.perf_counter() - start:.0f} s; {len(specs)} RL runs", flush=True)
+        print(f"warm start done after {time.perf_counter() - start:.0f} s; {len(specs)} RL runs to go"
+              f" ({len(done)} already complete)", flush=True)
         futures = {pool.submit(run_one, spec, threads): spec for spec in specs}
         with tqdm(total=len(futures), desc="RL runs", unit="run") as bar:
             for future in as_completed(futures):

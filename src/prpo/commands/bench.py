@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prpo.bench.runner import METHODS, SIZES
+from prpo.bench.runner import METHODS, SETTINGS, SIZES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default: the preset's)")
     parser.add_argument("--rl-steps", type=int, default=None,
                         help="RL steps per run (default: the preset's); e.g. a longer horizon for collapse")
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS),
+                        help="PRM settings to run: clean, and noisy for the methods that read the PRM")
     parser.add_argument("--summary-only", action="store_true", help="rebuild table and plots from existing runs")
     return parser
 
@@ -40,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary_only:
         from prpo.bench.runner import run_bench
 
-        run_bench(args.size, args.output, methods=args.methods, seeds=args.seeds, jobs=args.jobs,
-                  rl_steps=args.rl_steps)
+        try:
+            run_bench(args.size, args.output, methods=args.methods, seeds=args.seeds, jobs=args.jobs,
+                      rl_steps=args.rl_steps, settings=args.settings)
+        except ValueError as error:
+            raise SystemExit(f"prpo bench: {error}") from None
     path = write_summary(args.output)
     print(path.read_text())
     print(f"results in {args.output}")
