@@ -63,7 +63,7 @@ def response_lengths(mask: Tensor) -> Tensor:
         raise ValueError(f"mask must be 2-D [B, T], got shape {tuple(mask.shape)}")
     if mask.shape[1] == 0:
         return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
-    counts = mask.view(torch.uint8).sum(dim=1, dtype=torch.int32 if mask.shape[1] < 2**31 else torch.long)
+    counts = mask.view(torch.uint8).sum(dim=1, dtype=torch.int32)  # rows are far below 2**31 tokens
     # The first padding position (argmin of the 0/1 bytes, no int64 copy of the mask), or T.
     lengths = torch.where(mask[:, -1], mask.shape[1], mask.view(torch.uint8).argmin(dim=1))
     gaps = counts != lengths

@@ -325,11 +325,11 @@ class PRPOTrainer(GRPOTrainer):
             texts, offsets = token_offsets(pieces)
             return marker_segments(offsets, texts, mask, marker=args.marker)
 
-    def _segment_texts(self, completion_ids: Tensor, segment_ids: Tensor) -> list[list[str]]:
+    def _segment_texts(self, completion_ids: Tensor, spans: list[list[tuple[int, int]]]) -> list[list[str]]:
         """Decoded token spans of each segment; their concatenation is the decoded response."""
         rows = completion_ids.tolist()
-        return [[self._tokenizer.decode(row[s:e], skip_special_tokens=True) for s, e in spans]
-                for row, spans in zip(rows, segment_spans(segment_ids))]
+        return [[self._tokenizer.decode(row[s:e], skip_special_tokens=True) for s, e in row_spans]
+                for row, row_spans in zip(rows, spans)]
 
     def _gather_rows(self, tensor: Tensor, pad: float | int) -> Tensor:
         """[B_local, T_local] on every process -> [B_global, T_max], padded on the right with ``pad``."""
@@ -347,11 +347,12 @@ class PRPOTrainer(GRPOTrainer):
         lengths = torch.tensor(lengths, device=device)
         mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
 
-        segment_ids = segment_texts = scores = token_scores = None
+        segment_ids = spans = segment_texts = scores = token_scores = None
         self._entropy_sums = None
         if self.uses_prm:
             segment_ids = self._segment(output, mask)
-            segment_texts = self._segment_texts(completion_ids, segment_ids)
+            spans = segment_spans(segment_ids)
+            segment_texts = self._segment_texts(completion_ids, spans)
             with self._timed("prm"):
                 from prpo.prm import validate_scores
 
@@ -377,7 +378,7 @@ class PRPOTrainer(GRPOTrainer):
 
         self._log_step(mode, rewards, group_ids, all_mask, advantages, all_scores, all_segments)
         if mode == "train" and self.args.samples_per_step != 0:
-            self._write_samples(inputs, segment_ids, segment_texts, scores, local, mask)
+            self._write_samples(inputs, spans, segment_texts, scores, local, mask)
         return local
 
     # ------------------------------------------------------------------ metrics and samples
@@ -418,12 +419,12 @@ class PRPOTrainer(GRPOTrainer):
             total, count = self.accelerator.reduce(self._entropy_sums, reduction="sum").tolist()
             metrics["sampling_entropy"].append(total / max(count, 1.0))
 
-    def _write_samples(self, inputs, segment_ids, segment_texts, scores, advantages, mask) -> None:
+    def _write_samples(self, inputs, spans, segment_texts, scores, advantages, mask) -> None:
         """Append up to `samples_per_step` rows (whole process batches first) to samples.jsonl."""
         limit = self.args.samples_per_step
         per_process = len(inputs) if limit < 0 else min(len(inputs), -(-limit // self.accelerator.num_processes))
         lengths = mask.sum(dim=1).tolist()
-        spans = segment_spans(segment_ids) if segment_ids is not None else [[(0, n)] for n in lengths]
+        spans = spans if spans is not None else [[(0, n)] for n in lengths]
         reward = self.outcome_reward
         rows = []
         for i in range(per_process):

@@ -101,6 +101,13 @@ class HFTaggedPRM(ABC):
     def prm_id(self) -> str:
         return config_id(self.kind, self.config, exclude=("device", "max_batch_tokens", "padding_side"))
 
+    def single_token(self, text: str, role: str, rule: str = "it must be one") -> int:
+        """The id of ``text``, which must be exactly one token of the tokenizer (else a PRMError naming ``role``)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise PRMError(f"{role} {text!r} is {len(ids)} tokens in the tokenizer of {self.config.model}; {rule}")
+        return ids[0]
+
     @abstractmethod
     def load_model(self) -> torch.nn.Module:
         """The model, loaded with `from_pretrained` in `self.dtype` straight onto `self.device`."""

@@ -39,15 +39,8 @@ class ShepherdPRM(HFTaggedPRM):
         super().__init__(config or self.Config())
         if not getattr(self.tokenizer, "is_fast", False):
             raise PRMError(f"the tokenizer of {self.config.model} is not a fast tokenizer; tag offsets need one")
-        self.candidates = [self._single_token(self.config.good_token), self._single_token(self.config.bad_token)]
-
-    def _single_token(self, text: str) -> int:
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) != 1:
-            raise PRMError(
-                f"candidate token {text!r} is {len(ids)} tokens in the tokenizer of {self.config.model}; it must be one"
-            )
-        return ids[0]
+        self.candidates = [self.single_token(self.config.good_token, "candidate token"),
+                           self.single_token(self.config.bad_token, "candidate token")]
 
     def load_model(self) -> torch.nn.Module:
         cfg = self.config

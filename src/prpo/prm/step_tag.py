@@ -44,13 +44,9 @@ class StepTagPRM(HFTaggedPRM):
 
     def __init__(self, config: Config | None = None):
         super().__init__(config or self.Config())
-        tag_ids = self.tokenizer.encode(self.config.step_tag, add_special_tokens=False)
-        if len(tag_ids) != 1:
-            raise PRMError(
-                f"step tag {self.config.step_tag!r} is {len(tag_ids)} tokens in the tokenizer of "
-                f"{self.config.model}; a step_tag PRM needs a tag that is one (special) token"
-            )
-        self.tag_id = tag_ids[0]
+        self.tag_id = self.single_token(
+            self.config.step_tag, "step tag", "a step_tag PRM needs a tag that is one (special) token"
+        )
         if self.tokenizer.chat_template is None:
             self.tokenizer.chat_template = CHATML_TEMPLATE
 

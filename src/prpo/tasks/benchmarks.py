@@ -67,52 +67,27 @@ def gsm8k_example(row: Row, index: int) -> Example:
     return Example(_row_id(row, "gsm8k", index), problem, answer_text(answer, "answer"), meta)
 
 
-def _load_problem_answer(
-    task: str, sources: dict[str, Source], default_split: str,
-    data_file: str | Path | None, dataset_id: str | None, split: str | None, data_dir: str | Path | None,
-    skip_bad_rows: bool,
-) -> list[Example]:
-    rows = read_rows(
-        data_file=data_file, dataset_id=dataset_id, split=split,
-        sources=sources, default_split=default_split, data_dir=data_dir,
-    )
-    return to_examples(rows, lambda row, index: problem_answer_example(row, index, task), skip_bad_rows=skip_bad_rows)
+def _register_problem_answer(task: str, sources: dict[str, Source], default_split: str, doc: str) -> None:
+    """Register ``task``: a benchmark of ``problem``/``answer`` rows read from ``sources``."""
+
+    def load(
+        *, data_file: str | Path | None = None, dataset_id: str | None = None, split: str | None = None,
+        data_dir: str | Path | None = None, skip_bad_rows: bool = False,
+    ) -> list[Example]:
+        rows = read_rows(
+            data_file=data_file, dataset_id=dataset_id, split=split,
+            sources=sources, default_split=default_split, data_dir=data_dir,
+        )
+        return to_examples(rows, lambda row, index: problem_answer_example(row, index, task), skip_bad_rows=skip_bad_rows)
+
+    load.__name__, load.__doc__ = f"load_{task}", doc
+    register_task(task, template="qwen_boxed", grader=is_correct, grade_many=is_correct_many)(load)
 
 
-@register_task("math", template="qwen_boxed", grader=is_correct, grade_many=is_correct_many)
-def load_math(
-    *, data_file: str | Path | None = None, dataset_id: str | None = None, split: str | None = None,
-    data_dir: str | Path | None = None, skip_bad_rows: bool = False,
-) -> list[Example]:
-    """MATH training problems (split `train`, default) or MATH500 (split `test`)."""
-    return _load_problem_answer("math", MATH_SOURCES, "train", data_file, dataset_id, split, data_dir, skip_bad_rows)
-
-
-@register_task("math500", template="qwen_boxed", grader=is_correct, grade_many=is_correct_many)
-def load_math500(
-    *, data_file: str | Path | None = None, dataset_id: str | None = None, split: str | None = None,
-    data_dir: str | Path | None = None, skip_bad_rows: bool = False,
-) -> list[Example]:
-    """MATH500: the `math` task's test split."""
-    return _load_problem_answer("math500", MATH_SOURCES, "test", data_file, dataset_id, split, data_dir, skip_bad_rows)
-
-
-@register_task("aime24", template="qwen_boxed", grader=is_correct, grade_many=is_correct_many)
-def load_aime24(
-    *, data_file: str | Path | None = None, dataset_id: str | None = None, split: str | None = None,
-    data_dir: str | Path | None = None, skip_bad_rows: bool = False,
-) -> list[Example]:
-    """AIME 2024 (30 problems; answers are integers, `025` is read as 25)."""
-    return _load_problem_answer("aime24", AIME24_SOURCES, "test", data_file, dataset_id, split, data_dir, skip_bad_rows)
-
-
-@register_task("amc23", template="qwen_boxed", grader=is_correct, grade_many=is_correct_many)
-def load_amc23(
-    *, data_file: str | Path | None = None, dataset_id: str | None = None, split: str | None = None,
-    data_dir: str | Path | None = None, skip_bad_rows: bool = False,
-) -> list[Example]:
-    """AMC 2023 (40 problems; float answers like 27.0 become "27")."""
-    return _load_problem_answer("amc23", AMC23_SOURCES, "test", data_file, dataset_id, split, data_dir, skip_bad_rows)
+_register_problem_answer("math", MATH_SOURCES, "train", "MATH training problems (split `train`, default) or MATH500 (split `test`).")
+_register_problem_answer("math500", MATH_SOURCES, "test", "MATH500: the `math` task's test split.")
+_register_problem_answer("aime24", AIME24_SOURCES, "test", "AIME 2024 (30 problems; answers are integers, `025` is read as 25).")
+_register_problem_answer("amc23", AMC23_SOURCES, "test", "AMC 2023 (40 problems; float answers like 27.0 become \"27\").")
 
 
 @register_task("gsm8k", template="qwen_boxed", grader=is_correct, grade_many=is_correct_many)
