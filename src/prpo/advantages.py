@@ -49,11 +49,16 @@ class AdvantageInputs:
 
 @dataclass(frozen=True)
 class AdvantageMethod:
-    """A registered method: the function and whether it consumes PRM scores."""
+    """A registered method: the function, whether it consumes PRM scores, and the filter a preset runs first.
+
+    ``filter`` names a `prpo.filters` filter the trainer applies before the method (with its default
+    options) unless the config sets its own; None for a plain method.
+    """
 
     name: str
     fn: Callable[..., Tensor]
     uses_prm: bool
+    filter: str | None = None
 
     def options(self) -> dict[str, object]:
         """Keyword options the method takes, with their defaults."""
@@ -64,13 +69,15 @@ class AdvantageMethod:
 ADVANTAGES: dict[str, AdvantageMethod] = {}
 
 
-def register_advantage(name: str, *, uses_prm: bool) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Register ``fn(inputs: AdvantageInputs, *, **options) -> Tensor[B, T]`` under ``name``."""
+def register_advantage(
+    name: str, *, uses_prm: bool, filter: str | None = None
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register ``fn(inputs: AdvantageInputs, *, **options) -> Tensor[B, T]`` under ``name`` (``filter``: a preset's)."""
 
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in ADVANTAGES:
             raise ValueError(f"advantage method {name!r} is already registered")
-        ADVANTAGES[name] = AdvantageMethod(name, fn, uses_prm)
+        ADVANTAGES[name] = AdvantageMethod(name, fn, uses_prm, filter)
         return fn
 
     return decorator
@@ -93,23 +100,44 @@ def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
 
 
 def group_sum(values: Tensor, group_ids: Tensor) -> Tensor:
-    """Per-sample sum over its group: ``out_i = sum_{j in g(i)} v_j``."""
+    """Per-sample sum over its group, ``out_i = sum_{j in g(i)} v_j``, in float64 (exact for float32 values)."""
     index, n_groups = group_index(group_ids)
-    totals = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
+    totals = torch.zeros(n_groups, dtype=torch.float64, device=values.device).index_add_(0, index, values.double())
     return totals[index]
 
 
-def group_mean_std(values: Tensor, group_ids: Tensor, *, unbiased: bool) -> tuple[Tensor, Tensor]:
-    """Per-sample group mean and std: ``mean_g = sum v / n_g``, ``std_g = sqrt(sum (v - mean_g)^2 / (n_g - ddof))``.
+def group_deviation(
+    values: Tensor, group_ids: Tensor, *, unbiased: bool, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Deviation from the group mean and the group std, in float64, over the valid entries of each group.
 
-    ``ddof = 1`` when ``unbiased`` (Bessel); a group too small for it has std 0.
+    ``values`` is ``[B]`` or ``[B, T]`` (then ``mask[B, T]`` picks the entries; the others give 0):
+    ``d = v - mean_g`` with ``mean_g = sum v / n_g`` over all valid entries of all rows of group g,
+    ``std_g = sqrt(sum d^2 / (n_g - ddof))``, ``ddof = 1`` when ``unbiased`` (Bessel; a group too
+    small for it has std 0). A deviation within the rounding error of the mean,
+    ``|d| <= n_g * eps_float64 * max_g |v|``, is exactly 0, so a group of equal values has ``d = 0``
+    and ``std = 0`` and every method built on it gives exactly 0 there (float32 values are summed
+    exactly in float64; the bound covers float64 inputs).
     """
-    values = values.float()
-    count = group_sum(torch.ones_like(values), group_ids)
-    mean = group_sum(values, group_ids) / count
+    v = values.double()
+    valid = torch.ones_like(v, dtype=torch.bool) if mask is None else mask.bool()
+    v = torch.where(valid, v, 0.0)  # padding may hold NaN
+    index, n_groups = group_index(group_ids)
+
+    def per_row(x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1).sum(dim=1)
+
+    count = group_sum(per_row(valid.double()), group_ids)
+    mean = group_sum(per_row(v), group_ids) / count.clamp(min=1)
+    row_max = v.abs().reshape(v.shape[0], -1).amax(dim=1) if v.numel() else v.new_zeros(v.shape[0])
+    scale = v.new_zeros(n_groups).scatter_reduce_(0, index, row_max, "amax")[index]
+    tail = (1,) * (v.dim() - 1)
+    deviation = v - mean.view(-1, *tail)
+    tolerance = (count * torch.finfo(torch.float64).eps * scale).view(-1, *tail)
+    deviation = torch.where(valid & (deviation.abs() > tolerance), deviation, 0.0)
     dof = count - 1 if unbiased else count
-    var = group_sum((values - mean) ** 2, group_ids) / dof.clamp(min=1)
-    return mean, var.clamp(min=0).sqrt()
+    var = group_sum(per_row(deviation**2), group_ids) / dof.clamp(min=1)
+    return deviation, var.sqrt()
 
 
 def outcome_rewards(
@@ -131,12 +159,15 @@ def outcome_rewards(
 
 
 def outcome_location(rewards: Tensor, group_ids: Tensor, *, scale: str = "none", eps: float = 1e-6) -> Tensor:
-    """``beta_i = R_i - mean_g R`` (``scale="none"``), or that over ``std_g + eps`` (``"group"``, sample std)."""
-    mean, std = group_mean_std(rewards, group_ids, unbiased=True)
+    """``beta_i = R_i - mean_g R`` (``scale="none"``), or that over ``std_g + eps`` (``"group"``, sample std).
+
+    Float32; exactly 0 for a group of equal rewards (see ``group_deviation``).
+    """
+    deviation, std = group_deviation(rewards, group_ids, unbiased=True)
     if scale == "none":
-        return rewards - mean
+        return deviation.float()
     if scale == "group":
-        return (rewards - mean) / (std + eps)
+        return (deviation / (std + eps)).float()
     raise ValueError(f"outcome_scale must be 'none' or 'group', got {scale!r}")
 
 
@@ -154,7 +185,8 @@ def process_advantage(
     """Process advantage ``Z[B, T]`` from token scores ``P`` (plus a per-response ``shift``), 0 on padding.
 
     ``fixed_prior``: ``Z = (P - mu0) / sigma0``. ``group``: ``Z = (P - mean_g) / (std_g + eps)`` with
-    the mean and population std over all valid tokens of all responses of the group.
+    the mean and population std over all valid tokens of all responses of the group (in float64;
+    a group whose valid scores are all equal gets exactly 0, see ``group_deviation``).
     """
     scores = token_scores.float()
     offset = torch.zeros(scores.shape[0], device=scores.device) if shift is None else shift.float()
@@ -163,11 +195,8 @@ def process_advantage(
             raise ValueError(f"sigma0 must be > 0, got {sigma0}")
         z = torch.addcmul((offset - mu0 / sigma0)[:, None], scores, scores.new_tensor(1 / sigma0))
     elif normalization == "group":
-        valid = mask.float()
-        count = group_sum(valid.sum(dim=1), group_ids).clamp(min=1)
-        mean = group_sum((scores * valid).sum(dim=1), group_ids) / count
-        var = group_sum((((scores - mean[:, None]) ** 2) * valid).sum(dim=1), group_ids) / count
-        z = (scores - mean[:, None]) / (var.sqrt()[:, None] + eps) + offset[:, None]
+        deviation, std = group_deviation(token_scores, group_ids, unbiased=False, mask=mask)
+        z = (deviation / (std[:, None] + eps) + offset[:, None]).float()
     else:
         raise ValueError(f"normalization must be 'fixed_prior' or 'group', got {normalization!r}")
     return z.masked_fill_(~mask, 0.0)  # not a product: padding may hold NaN
@@ -179,12 +208,15 @@ def broadcast(per_response: Tensor, mask: Tensor) -> Tensor:
 
 
 def mean_token_score(token_scores: Tensor, mask: Tensor, method: str) -> Tensor:
-    """``mean_{t < L_i} P[i, t]`` over each response's own tokens; an empty response is an error."""
+    """``mean_{t < L_i} P[i, t]`` over each response's own tokens, in float64 (exact for equal scores).
+
+    An empty response is an error.
+    """
     lengths = mask.sum(dim=1)
     if (lengths == 0).any():
         row = int((lengths == 0).nonzero()[0])
         raise ValueError(f"advantage method {method!r}: response {row} has no valid tokens")
-    return (token_scores.float() * mask).sum(dim=1) / lengths
+    return torch.where(mask, token_scores.double(), 0.0).sum(dim=1) / lengths
 
 
 # ----------------------------------------------------------------------------- methods
@@ -239,7 +271,7 @@ def process_only(
 @register_advantage("prm_avg", uses_prm=True)
 def prm_avg(inputs: AdvantageInputs, *, eps: float = 1e-6) -> Tensor:
     """PRM-Avg: ``R'_i = R_i + mean_{t < L_i} P[i, t]``, then GRPO on ``R'``."""
-    shaped = inputs.outcome_rewards.float() + mean_token_score(inputs.scores("prm_avg"), inputs.mask, "prm_avg")
+    shaped = inputs.outcome_rewards.double() + mean_token_score(inputs.scores("prm_avg"), inputs.mask, "prm_avg")
     return broadcast(outcome_location(shaped, inputs.group_ids, scale="group", eps=eps), inputs.mask)
 
 
@@ -248,38 +280,72 @@ def pure(
     inputs: AdvantageInputs,
     *,
     tau: float = 0.1,
-    use_outcome: bool = True,
-    outcome_offset: float = 1.0,
+    outcome_coef: float = 1.0,
+    correct_reward: float = 1.0,
+    wrong_reward: float = -1.0,
+    separator_ends: bool = False,
 ) -> Tensor:
-    """PURE min-form credit assignment (Cheng et al., arXiv 2504.15275).
+    """PURE min-form credit assignment (Cheng et al., arXiv 2504.15275), as its reference code runs it
+    (CJReinforce/PURE, ``experience_maker.py``, ``--reward_baseline token``).
 
-    Step reward ``r_j = 2 s_j - 1`` sits at the last token of segment j and is reweighted by
-    ``w_j = softmax_j(-r_j / tau)`` over the response's steps (a soft minimum); the outcome adds
-    ``R_i - outcome_offset`` at the last valid token. Return-to-go ``G[i, t] = sum_{t' >= t} x[i, t']``
-    (undiscounted); RLOO baseline ``b_i = mean_{j in g(i), j != i} G[j, 0]`` (0 for a group of one);
-    ``A[i, t] = G[i, t] - b_i``.
+    Response i has steps (segments) j of ``n_ij`` tokens ending at token ``e_ij``, scores ``s_ij``:
+
+    - step reward ``r_ij = 2 s_ij - 1``, min-form weight ``w_ij = softmax_j(-r_ij / tau)``,
+      ``x_ij = w_ij r_ij`` at ``e_ij``;
+    - process baseline (leave-one-out, per token): ``b_i = sum_{k in g(i), k != i} X_k / sum_{k != i} L_k``
+      with ``X_k = sum_j x_kj`` and ``L_k`` the response length; ``b_i n_ij`` is subtracted at ``e_ij``;
+    - outcome ``v_i = o_i - 1`` in {-1, 0} (``o_i`` = 1 if correct), read from R as
+      ``v_i = (R_i - correct_reward) / (correct_reward - wrong_reward)`` (an overlong penalty scales
+      along); ``outcome_coef * (v_i - mean_{k in g(i), k != i} v_k)`` is added at ``L_i - 1``;
+    - ``A[i, t] = sum_{t' >= t} reward[i, t']`` (undiscounted return-to-go), 0 on padding.
+
+    Leave-one-out means over an empty set (a group of one) are 0. Options: ``tau`` (0.1) the
+    soft-min temperature; ``outcome_coef`` (1.0) the outcome's weight; ``correct_reward`` /
+    ``wrong_reward`` (1, -1) the outcome values R is made of; ``separator_ends`` (False): every step
+    but the last ends at a separator token (marker segmenter), where the advantage is 0 as the
+    reference sets it at "\\n\\n"; entropy segments end at content tokens and nothing is zeroed.
     """
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
+    if correct_reward <= wrong_reward:
+        raise ValueError(f"correct_reward {correct_reward} must exceed wrong_reward {wrong_reward}")
     mask = inputs.mask
-    response_lengths(mask)  # the last valid token is at L_i - 1
+    lengths = response_lengths(mask)
     ids = inputs.segments("pure")
     next_ids = torch.full_like(ids, -1)
     next_ids[:, :-1] = ids[:, 1:]
     step_end = mask & (next_ids != ids)
-    step_reward = 2 * inputs.scores("pure").float() - 1
+    step_reward = 2 * inputs.scores("pure").double() - 1
     weights = torch.softmax(torch.where(step_end, -step_reward / tau, float("-inf")), dim=1).nan_to_num(0.0)
-    rewards = torch.where(step_end, weights * step_reward, 0.0)
-    if use_outcome:
-        lengths = mask.sum(dim=1)
-        rows = (lengths > 0).nonzero().flatten()
-        outcome = inputs.outcome_rewards.float()[rows] - outcome_offset
-        rewards[rows, lengths[rows] - 1] += outcome
+    x = torch.where(step_end, weights * step_reward, 0.0)
+    safe_ids = torch.where(mask, ids, 0)
+    n_steps = int(safe_ids.amax()) + 1 if mask.any() else 1
+    step_tokens = torch.zeros(ids.shape[0], n_steps, dtype=torch.float64, device=ids.device)
+    step_tokens = step_tokens.scatter_add_(1, safe_ids, mask.double()).gather(1, safe_ids)  # n_ij at each token
+
+    def others(values: Tensor) -> Tensor:
+        return group_sum(values, inputs.group_ids) - values
+
+    other_tokens = others(lengths.double())
+    baseline = torch.where(other_tokens > 0, others(x.sum(dim=1)) / other_tokens.clamp(min=1), 0.0)
+    rewards = x - torch.where(step_end, baseline[:, None] * step_tokens, 0.0)
+    outcome = (inputs.outcome_rewards.double() - correct_reward) / (correct_reward - wrong_reward)
+    n_others = others(torch.ones_like(outcome))
+    outcome = outcome - others(outcome) / n_others.clamp(min=1)
+    rows = (lengths > 0).nonzero().flatten()
+    rewards[rows, lengths[rows] - 1] += outcome_coef * outcome[rows]
     returns = rewards.flip(1).cumsum(dim=1).flip(1)
-    total = returns[:, 0]
-    count = group_sum(torch.ones_like(total), inputs.group_ids)
-    baseline = (group_sum(total, inputs.group_ids) - total) / (count - 1).clamp(min=1)
-    return torch.where(mask, returns - baseline[:, None], 0.0)
+    zero = ~mask
+    if separator_ends:
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        zero |= step_end & (positions[None, :] != lengths[:, None] - 1)
+    return returns.masked_fill(zero, 0.0).float()
+
+
+# Presets: a method above run on the rollouts PROF's consistency filter keeps (Ye et al., arXiv 2509.03403;
+# prpo.filters.consistency, keep G/2 by default). `prof` is the paper's PROF-GRPO; `prpo_prof` is PRPO + PROF.
+register_advantage("prof", uses_prm=True, filter="consistency")(grpo)
+register_advantage("prpo_prof", uses_prm=True, filter="consistency")(prpo)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -320,7 +386,7 @@ def compute_advantages(
     segment_ids: Tensor | None = None,
     **options: object,
 ) -> Tensor:
-    """Token-level advantages ``A[B, T]`` of the registered ``method`` (0 on padding)."""
+    """Token-level advantages ``A[B, T]`` (float32) of the registered ``method`` (0 on padding)."""
     entry = get_method(method)
     known = entry.options()
     unknown = sorted(set(options) - set(known))
@@ -329,4 +395,4 @@ def compute_advantages(
         raise ValueError(f"advantage method {method!r} does not take option(s) {unknown}; it takes: {takes}")
     inputs = AdvantageInputs(outcome_rewards, group_ids, mask.bool(), token_scores, segment_ids)
     _validate(inputs)
-    return entry.fn(inputs, **options)
+    return entry.fn(inputs, **options).float()
