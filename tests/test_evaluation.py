@@ -16,6 +16,8 @@ from prpo.evaluation import (
     append_partial,
     evaluate,
     evaluate_model,
+    mcnemar_improvement,
+    paired_correctness,
     pass_at_k,
     pass_at_k_values,
     read_partial,
@@ -75,6 +77,44 @@ def test_wilson_interval_hand_values():
         accuracy_interval(1, 0)
     with pytest.raises(ValueError):
         accuracy_interval(11, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# the exact one-sided McNemar test (sign test on discordant pairs)
+
+
+@pytest.mark.parametrize(
+    ("improved", "worsened", "expected"),
+    [
+        (0, 0, 1.0),  # no discordant pair: no evidence
+        (3, 0, 1 / 8),  # P(X >= 3), X ~ Bin(3, 1/2)
+        (5, 1, 7 / 64),  # (C(6,5) + C(6,6)) / 2^6
+        (1, 4, 31 / 32),  # 1 - P(X = 0) = 1 - 1/32
+        (12, 2, 106 / 16384),  # (C(14,12) + C(14,13) + C(14,14)) / 2^14 = (91 + 14 + 1) / 16384
+    ],
+)
+def test_mcnemar_hand_values(improved, worsened, expected):
+    # concordant pairs (right-right, wrong-wrong) must not change anything
+    before = [False] * improved + [True] * worsened + [True, True, False]
+    after = [True] * improved + [False] * worsened + [True, True, False]
+    test = mcnemar_improvement(before, after)
+    assert test == {"p_value": pytest.approx(expected, rel=1e-12), "improved": improved, "worsened": worsened}
+
+
+def test_mcnemar_is_one_sided():
+    up = mcnemar_improvement([False] * 4, [True] * 4)["p_value"]
+    down = mcnemar_improvement([True] * 4, [False] * 4)["p_value"]
+    assert up == 1 / 16 and down == 1.0  # all four worse: P(X >= 0) = 1
+    with pytest.raises(ValueError, match="paired"):
+        mcnemar_improvement([True], [True, False])
+
+
+def test_paired_correctness_pairs_by_problem_id():
+    before = [{"id": "a", "correct": True}, {"id": "b", "correct": False}]
+    after = [{"id": "b", "correct": True}, {"id": "a", "correct": True}]  # other order
+    assert paired_correctness(before, after) == ([True, False], [True, True])
+    with pytest.raises(ValueError, match="same problems"):
+        paired_correctness(before, [{"id": "a", "correct": True}, {"id": "c", "correct": True}])
 
 
 # ---------------------------------------------------------------------------------------------

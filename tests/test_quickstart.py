@@ -46,6 +46,12 @@ def test_tiny_quickstart_writes_metrics_samples_and_held_out_accuracy(tiny_run, 
         records = _rows(tiny_run / "eval" / phase / "records.jsonl")
         assert len(records) == 4 and sum(r["correct"] for r in records) == entry["correct"]
         assert all(r["num_tokens"] <= 24 for r in records)  # max_completion_length bounds the evaluation too
+    before = {r["id"]: r["correct"] for r in _rows(tiny_run / "eval" / "before" / "records.jsonl")}
+    after = {r["id"]: r["correct"] for r in _rows(tiny_run / "eval" / "after" / "records.jsonl")}
+    improved = sum(after[i] and not before[i] for i in before)
+    worsened = sum(before[i] and not after[i] for i in before)
+    assert data["mcnemar"]["improved"] == improved and data["mcnemar"]["worsened"] == worsened
+    assert 0 < data["mcnemar"]["p_value"] <= 1
     assert (tiny_run / "final" / "config.json").is_file()
 
 
@@ -53,6 +59,10 @@ def test_tiny_quickstart_report_shows_curves_and_scored_segments(tiny_run):
     assert (tiny_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tiny_run / "report.html").read_text()
     assert "Held-out accuracy" in page and "data:image/png;base64," in page
+    data = json.loads((tiny_run / "eval_before_after.json").read_text())
+    low, high = data["after"]["accuracy_ci95"]
+    assert f"{100 * low:.1f}–{100 * high:.1f}%" in page
+    assert f"<b>p = {data['mcnemar']['p_value']:.3g}</b>" in page
     samples = _rows(tiny_run / "samples.jsonl")
     shown = [s for s in samples if s["step"] in (1, 2)]
     segments = [seg for s in shown for seg in s["segments"]]
@@ -63,10 +73,12 @@ def test_tiny_quickstart_report_shows_curves_and_scored_segments(tiny_run):
 
 def test_before_after_table_has_intervals_and_the_change():
     data = {"before": {"accuracy": 0.25, "accuracy_ci95": [0.1, 0.5], "correct": 16, "num_problems": 64},
-            "after": {"accuracy": 0.5, "accuracy_ci95": [0.38, 0.62], "correct": 32, "num_problems": 64}}
+            "after": {"accuracy": 0.5, "accuracy_ci95": [0.38, 0.62], "correct": 32, "num_problems": 64},
+            "mcnemar": {"p_value": 106 / 16384, "improved": 12, "worsened": 2}}
     table = before_after_table(data, "held-out accuracy")
     lines = table.splitlines()
     assert lines[0] == "held-out accuracy"
     assert "25.0%" in lines[2] and "10.0-50.0%" in lines[2] and "16/64" in lines[2]
     assert "50.0%" in lines[3] and "38.0-62.0%" in lines[3] and "32/64" in lines[3]
     assert lines[4].split() == ["change", "+25.0", "points"]
+    assert lines[5] == "one-sided exact McNemar test: p = 0.00647 (12 problems improved, 2 worsened)"

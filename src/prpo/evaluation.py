@@ -66,6 +66,32 @@ def _wilson(p: float, n: int, z: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mcnemar_improvement(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
+    """Exact one-sided McNemar test that `after` is more often right than `before` on the same problems.
+
+    Only discordant pairs count: `improved` (wrong -> right) and `worsened` (right -> wrong). Under
+    no change each discordant pair is improved with probability 1/2 (a sign test), so with
+    n = improved + worsened:  p = P(X >= improved), X ~ Binomial(n, 1/2) = sum_{k>=improved} C(n, k) / 2^n
+    (1 when n = 0).
+    """
+    if len(before) != len(after):
+        raise ValueError(f"mcnemar_improvement needs paired results, got {len(before)} before and {len(after)} after")
+    improved = sum(not b and a for b, a in zip(before, after))
+    worsened = sum(b and not a for b, a in zip(before, after))
+    n = improved + worsened
+    p_value = sum(math.comb(n, k) for k in range(improved, n + 1)) / 2**n
+    return {"p_value": p_value, "improved": improved, "worsened": worsened}
+
+
+def paired_correctness(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> tuple[list[bool], list[bool]]:
+    """Per-problem correctness of two evaluations' records (one sample each), paired by problem id."""
+    right_before = {r["id"]: bool(r["correct"]) for r in before}
+    right_after = {r["id"]: bool(r["correct"]) for r in after}
+    if len(right_before) != len(before) or len(right_after) != len(after) or right_before.keys() != right_after.keys():
+        raise ValueError("paired_correctness needs the same problems, one greedy sample each, before and after")
+    return [right_before[i] for i in right_before], [right_after[i] for i in right_before]
+
+
 @dataclasses.dataclass
 class EvalResult:
     """`summary`: the metrics (summary.json); `records`: one per problem and sample (records.jsonl)."""

@@ -20,7 +20,8 @@ from typing import Any
 
 from transformers import ProgressCallback
 
-from prpo.evaluation import evaluate_model
+from prpo.evaluation import EvalResult, evaluate_model, mcnemar_improvement, paired_correctness
+from prpo.metrics import read_jsonl
 from prpo.report import BEFORE_AFTER_FILE, build_report
 from prpo.tasks import Task
 
@@ -47,15 +48,15 @@ class TrainingProgress(ProgressCallback):
             self.training_bar.set_postfix(shown, refresh=True)
 
 
-def held_out_accuracy(trainer, task: Task, *, max_new_tokens: int, batch_size: int, folder: Path) -> dict[str, Any]:
-    """Greedy accuracy of the trainer's current policy on `task`; the main process writes `folder`."""
+def held_out_accuracy(trainer, task: Task, *, max_new_tokens: int, batch_size: int, folder: Path) -> EvalResult:
+    """Greedy evaluation of the trainer's current policy on `task`; the main process writes `folder`."""
     accelerator = trainer.accelerator
     model = accelerator.unwrap_model(trainer.model)
     result = evaluate_model(model, trainer.processing_class, task, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, progress=accelerator.is_main_process)
     if accelerator.is_main_process:
         result.write(folder)
-    return summary_entry(result.summary)
+    return result
 
 
 def summary_entry(summary: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +73,7 @@ def summary_entry(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def before_after_table(data: dict[str, Any], title: str) -> str:
-    """Before/after accuracy with 95% Wilson intervals as a plain-text table."""
+    """Before/after accuracy with 95% Wilson intervals, the change and its exact one-sided McNemar test."""
     lines = [title, f"{'':8}{'accuracy':>10}  {'95% interval':>14}  {'correct':>9}"]
     for phase in PHASES:
         entry = data[phase]
@@ -81,6 +82,9 @@ def before_after_table(data: dict[str, Any], title: str) -> str:
                      f"{entry['correct']:>4}/{entry['num_problems']}")
     change = 100 * (data["after"]["accuracy"] - data["before"]["accuracy"])
     lines.append(f"{'change':8}{change:>+8.1f} points")
+    test = data["mcnemar"]
+    lines.append(f"one-sided exact McNemar test: p = {test['p_value']:.3g} "
+                 f"({test['improved']} problems improved, {test['worsened']} worsened)")
     return "\n".join(lines)
 
 
@@ -89,7 +93,8 @@ def train_and_report(trainer, eval_task: Task | None, *, max_new_tokens: int, ba
     """Evaluate (if `eval_task`), train, save the model to `final_dir`, evaluate again, print the table,
     write the report.
 
-    Returns the before/after data (None without an eval task).
+    Returns the before/after data (None without an eval task): each phase's `summary_entry` and
+    `mcnemar` (`prpo.evaluation.mcnemar_improvement` on the paired problems).
     """
     run_dir = Path(trainer.args.output_dir)
     main = trainer.accelerator.is_main_process
@@ -98,19 +103,22 @@ def train_and_report(trainer, eval_task: Task | None, *, max_new_tokens: int, ba
         trainer.add_callback(TrainingProgress())
     data: dict[str, Any] | None = None
     if eval_task is not None:
-        before = run_dir / EVAL_DIR / "before" / "summary.json"
-        if resume and before.is_file():
-            data = {"before": summary_entry(json.loads(before.read_text(encoding="utf-8")))}
+        before_dir = run_dir / EVAL_DIR / "before"
+        if resume and (before_dir / "summary.json").is_file():
+            before = EvalResult(json.loads((before_dir / "summary.json").read_text(encoding="utf-8")),
+                                read_jsonl(before_dir / "records.jsonl"))
         else:
             _say(main, f"held-out evaluation of the initial policy: {len(eval_task)} {eval_task.name} problems, greedy")
-            data = {"before": held_out_accuracy(trainer, eval_task, max_new_tokens=max_new_tokens,
-                                                batch_size=batch_size, folder=before.parent)}
+            before = held_out_accuracy(trainer, eval_task, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                       folder=before_dir)
     trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_model(str(final_dir))
     if eval_task is not None:
         _say(main, "held-out evaluation of the trained policy")
-        data["after"] = held_out_accuracy(trainer, eval_task, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                          folder=run_dir / EVAL_DIR / "after")
+        after = held_out_accuracy(trainer, eval_task, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  folder=run_dir / EVAL_DIR / "after")
+        data = {"before": summary_entry(before.summary), "after": summary_entry(after.summary),
+                "mcnemar": mcnemar_improvement(*paired_correctness(before.records, after.records))}
     if main:
         if data is not None:
             (run_dir / BEFORE_AFTER_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
