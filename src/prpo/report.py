@@ -87,15 +87,22 @@ def sample_html(sample: dict[str, Any]) -> str:
 
 
 def before_after_html(data: dict[str, Any]) -> str:
-    """The quickstart's held-out accuracy before and after training, with 95% intervals."""
+    """The quickstart's held-out accuracy before and after training, with 95% intervals, and the
+    exact one-sided McNemar test of the change (`prpo.evaluation.mcnemar_improvement`) when recorded."""
     rows = []
     for name in ("before", "after"):
         entry = data[name]
         low, high = entry["accuracy_ci95"]
         rows.append(f"<tr><td>{name}</td><td>{100 * entry['accuracy']:.1f}%</td>"
-                    f"<td>{100 * low:.1f}–{100 * high:.1f}%</td><td>{entry['num_problems']}</td></tr>")
-    return ("<h2>Held-out accuracy</h2><table><tr><th></th><th>accuracy</th><th>95% interval</th><th>problems</th></tr>"
-            + "".join(rows) + "</table>")
+                    f"<td>{100 * low:.1f}–{100 * high:.1f}%</td><td>{entry['correct']}/{entry['num_problems']}</td></tr>")
+    change = 100 * (data["after"]["accuracy"] - data["before"]["accuracy"])
+    rows.append(f"<tr><td>change</td><td>{change:+.1f} points</td><td></td><td></td></tr>")
+    test = data.get("mcnemar")
+    verdict = "" if test is None else (
+        f"<p>Exact one-sided McNemar test (sign test on the problems that changed): <b>p = {test['p_value']:.3g}</b>; "
+        f"{test['improved']} problems went from wrong to right, {test['worsened']} from right to wrong.</p>")
+    return ("<h2>Held-out accuracy</h2><table><tr><th></th><th>accuracy</th><th>95% interval</th><th>correct</th></tr>"
+            + "".join(rows) + "</table>" + verdict)
 
 
 STYLE = """
