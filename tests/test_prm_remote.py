@@ -1,6 +1,7 @@
 """PRM server and client over 127.0.0.1: real uvicorn servers, including deliberately faulty ones."""
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -233,3 +234,71 @@ def test_serve_prm_command_rejects_bad_configs(capsys, monkeypatch):
     monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
     assert serve_prm.main(["--prm", "arithmetic", "--token-env", "NO_SUCH_TOKEN"]) == 2
     assert "NO_SUCH_TOKEN is not set" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# status codes for a PRM fault and for requests over the server's limits
+
+
+def test_a_prm_returning_nan_is_a_500_and_the_client_retries_it():
+    class NaNPRM(RecordingPRM):
+        def score(self, problems, segments):
+            scores = super().score(problems, segments)
+            return [[float("nan")] + row[1:] for row in scores]
+
+    prm = NaNPRM()
+    with background_server(create_app(prm)) as url:
+        answer = httpx.post(f"{url}/score", json={"problems": [PROBLEM], "segments": [RIGHT]})
+        assert answer.status_code == 500  # the server's fault, not the request's
+        assert answer.json()["error"].endswith("score of response 0, segment 0 is nan, expected a finite value in [0, 1]")
+        with pytest.raises(PRMError, match=r"failed after 3 attempts: HTTP 500: .*invalid scores: .*segment 0 is nan"):
+            client(url, retries=2).score([PROBLEM], [RIGHT])
+    assert prm.calls == [1] * 4  # one direct request, then the client's 3 attempts
+
+
+def test_bodies_over_the_size_limit_get_413_declared_or_streamed():
+    prm = RecordingPRM()
+    with background_server(create_app(prm, max_request_bytes=2000)) as url:
+        fits = {"problems": [PROBLEM], "segments": [RIGHT]}
+        assert httpx.post(f"{url}/score", json=fits).json() == {"scores": [EXPECTED[0]]}
+        big = {"problems": [PROBLEM] * 20, "segments": [RIGHT] * 20}  # 20 * ~130 bytes > 2000
+        declared = httpx.post(f"{url}/score", json=big)
+        assert declared.status_code == 413
+        assert "over the server's limit of 2000 bytes" in declared.json()["error"]
+        body = json.dumps(big).encode()
+        streamed = httpx.post(f"{url}/score", content=(body[k : k + 100] for k in range(0, len(body), 100)))
+        assert streamed.status_code == 413 and "--max-request-bytes" in streamed.json()["error"]
+        with pytest.raises(PRMError, match="refused the request: HTTP 413: request body over the server's limit"):
+            client(url, retries=3).score([PROBLEM] * 20, [RIGHT] * 20)
+    assert prm.calls == [1]  # nothing over the limit reached the model
+
+
+def test_the_default_size_limit_refuses_a_20_mb_body():
+    with background_server(create_app(ArithmeticPRM())) as url:
+        answer = httpx.post(f"{url}/score", content=b"[" + b" " * 20_000_000 + b"]", timeout=60)
+    assert answer.status_code == 413 and f"limit of {16 * 2**20} bytes" in answer.json()["error"]
+
+
+def test_too_many_responses_or_segments_get_413():
+    prm = RecordingPRM()
+    with background_server(create_app(prm, max_responses=3, max_segments=3)) as url:
+        assert client(url).score([PROBLEM] * 3, [RIGHT, WRONG, RIGHT]) == EXPECTED + EXPECTED[:1]
+        many = httpx.post(f"{url}/score", json={"problems": [PROBLEM] * 4, "segments": [RIGHT] * 4})
+        assert many.status_code == 413
+        assert many.json()["error"].startswith("the request holds 4 responses, over the server's limit of 3")
+        long = httpx.post(f"{url}/score", json={"problems": [PROBLEM] * 2, "segments": [RIGHT, RIGHT + ["x"]]})
+        assert long.status_code == 413
+        assert long.json()["error"].startswith("response 1 has 4 segments, over the server's limit of 3")
+        # The client's own chunking keeps requests under the response cap.
+        assert client(url, max_batch_responses=3).score([PROBLEM] * 4, [RIGHT] * 4) == [EXPECTED[0]] * 4
+        with pytest.raises(PRMError, match="HTTP 413: the request holds 4 responses"):
+            client(url, retries=2).score([PROBLEM] * 4, [RIGHT] * 4)
+        assert httpx.post(f"{url}/score", json={"problems": 1, "segments": []}).status_code == 422
+    assert prm.calls == [3, 3, 1]
+
+
+def test_limits_must_be_positive(capsys):
+    with pytest.raises(ValueError, match="max_segments = 0 must be a positive integer"):
+        create_app(ArithmeticPRM(), max_segments=0)
+    assert serve_prm.main(["--prm", "arithmetic", "--max-request-bytes", "0"]) == 2
+    assert "max_request_bytes = 0 must be a positive integer" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import sys
 
 from prpo.prm import PRMError, load_prm
 from prpo.prm.remote import DEFAULT_TOKEN_ENV, token_from_env
-from prpo.prm.server import create_app, serve
+from prpo.prm.server import MAX_REQUEST_BYTES, MAX_RESPONSES, MAX_SEGMENTS, create_app, serve
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -28,6 +28,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-window", type=float, default=0.01,
                         help="seconds to gather concurrent requests into one model call")
     parser.add_argument("--max-batch-responses", type=int, default=256)
+    parser.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES,
+                        help=f"largest request body accepted, else HTTP 413 (default: {MAX_REQUEST_BYTES})")
+    parser.add_argument("--max-responses", type=int, default=MAX_RESPONSES,
+                        help=f"most responses in one request, else HTTP 413 (default: {MAX_RESPONSES})")
+    parser.add_argument("--max-segments", type=int, default=MAX_SEGMENTS,
+                        help=f"most segments in one response, else HTTP 413 (default: {MAX_SEGMENTS})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
@@ -48,7 +54,13 @@ def main(argv: list[str]) -> int:
     if token is None and not _is_loopback(args.host):
         logging.warning("serving on %s without a token: anyone who can reach this port can use the PRM", args.host)
     logging.info("serving %s on http://%s:%d", prm.prm_id, args.host, args.port)
-    serve(create_app(prm, token, args.batch_window, args.max_batch_responses), args.host, args.port, args.log_level)
+    try:
+        app = create_app(prm, token, args.batch_window, args.max_batch_responses,
+                         args.max_request_bytes, args.max_responses, args.max_segments)
+    except ValueError as err:
+        print(f"prpo serve-prm: {err}", file=sys.stderr)
+        return 2
+    serve(app, args.host, args.port, args.log_level)
     return 0
 
 

@@ -1,10 +1,11 @@
 """Client of a PRM served over HTTP by `prpo serve-prm` (see `prpo.prm.server` for the API).
 
 Big batches are split into requests of at most `max_batch_responses` responses. Connection errors,
-timeouts and 5xx answers are retried `retries` times with exponential backoff
-(`backoff * 2**k` seconds), then raise PRMError naming the endpoint and the last error; a 4xx
-answer (bad token, rejected input) raises at once. Returned scores are validated like any PRM's:
-a result is never filled in.
+timeouts and 5xx answers (a fault on the server's side: the PRM crashed or returned invalid
+scores, such as NaN) are retried `retries` times with exponential backoff (`backoff * 2**k`
+seconds), then raise PRMError naming the endpoint and the last error; a 4xx answer (the request's
+fault: bad token, an input the PRM rejects, 413 for a request over the server's limits) raises at
+once. Returned scores are validated like any PRM's: a result is never filled in.
 
 The bearer token is read from the environment variable `token_env` (never from a config file);
 by default `PRPO_PRM_TOKEN` is used when it is set.

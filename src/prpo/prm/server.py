@@ -1,10 +1,14 @@
 """Serve any PRM over HTTP (Starlette + uvicorn), batching concurrent requests into one model call.
 
 API:
-- `POST /score` `{"problems": [...], "segments": [[...], ...]}` -> `{"scores": [[...], ...]}`;
-  400 for a body that is not JSON, 422 for a request the PRM rejects (wrong shapes, an input over
-  the model's length limit), 500 when the PRM fails or returns invalid scores; errors are
-  `{"error": message}`.
+- `POST /score` `{"problems": [...], "segments": [[...], ...]}` -> `{"scores": [[...], ...]}`.
+  Errors are `{"error": message}`; 4xx means the request is at fault (the client does not retry
+  it), 5xx the server (the client retries):
+  400 a body that is not JSON; 413 a body over `max_request_bytes` (default 16 MiB), more than
+  `max_responses` responses (1024) or a response with more than `max_segments` segments (256);
+  422 a request the PRM rejects (wrong shapes, an input over the model's length limit, raised as
+  PRMError by `prm.score`); 500 a PRM fault: it raised another exception, or returned scores
+  that are not one finite value in [0, 1] per segment (NaN included).
 - `GET /health` -> `{"status": "ok", "prm_id": ...}`.
 With a token, every request needs `Authorization: Bearer <token>` (else 401).
 
@@ -34,6 +38,14 @@ from starlette.routing import Route
 from prpo.prm.base import PRMError, ProcessRewardModel, check_inputs, validate_scores
 
 Pending = tuple[list[str], list[list[str]], asyncio.Future]
+
+MAX_REQUEST_BYTES = 16 * 2**20
+MAX_RESPONSES = 1024
+MAX_SEGMENTS = 256
+
+
+class InvalidScores(Exception):
+    """The PRM returned scores that fail `validate_scores`: the server's fault (HTTP 500)."""
 
 
 class ScoreBatcher:
@@ -67,7 +79,10 @@ class ScoreBatcher:
         segments = [s for item in batch for s in item[1]]
         try:
             scores = await asyncio.to_thread(self.prm.score, problems, segments)
-            scores = validate_scores(scores, segments)
+            try:
+                scores = validate_scores(scores, segments)
+            except PRMError as err:
+                raise InvalidScores(f"the PRM returned invalid scores: {err}") from err
         except Exception as err:
             if len(batch) > 1:  # score the requests one by one, so only the failing one fails
                 for item in batch:
@@ -88,8 +103,19 @@ def create_app(
     token: str | None = None,
     batch_window: float = 0.01,
     max_batch_responses: int = 256,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_responses: int = MAX_RESPONSES,
+    max_segments: int = MAX_SEGMENTS,
 ) -> Starlette:
-    """The Starlette app serving `prm`; `token` (if given) is required as a bearer token."""
+    """The Starlette app serving `prm`; `token` (if given) is required as a bearer token.
+
+    `max_request_bytes`, `max_responses` (per request) and `max_segments` (per response) bound what
+    one request may hold; over them the answer is 413.
+    """
+    for name, value in (("max_request_bytes", max_request_bytes), ("max_responses", max_responses),
+                        ("max_segments", max_segments), ("max_batch_responses", max_batch_responses)):
+        if value < 1:
+            raise ValueError(f"{name} = {value} must be a positive integer")
     batcher = ScoreBatcher(prm, batch_window, max_batch_responses)
 
     def authorized(request: Request) -> bool:
@@ -106,17 +132,49 @@ def create_app(
             return error(401, "missing or wrong bearer token")
         return JSONResponse({"status": "ok", "prm_id": prm.prm_id})
 
+    async def read_body(request: Request) -> bytes | None:
+        """The body, or None once it is known to exceed `max_request_bytes` (declared or streamed)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_request_bytes:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_request_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def over_limit(body: dict[str, Any]) -> str | None:
+        segments = body["segments"]
+        if len(segments) > max_responses:
+            return (f"the request holds {len(segments)} responses, over the server's limit of {max_responses} "
+                    "per request: send fewer (the client's max_batch_responses) or raise --max-responses")
+        for i, response in enumerate(segments):
+            if len(response) > max_segments:
+                return (f"response {i} has {len(response)} segments, over the server's limit of {max_segments} "
+                        "per response: segment more coarsely or raise --max-segments")
+        return None
+
     async def score(request: Request) -> JSONResponse:
         if not authorized(request):
             return error(401, "missing or wrong bearer token")
+        raw = await read_body(request)
+        if raw is None:
+            return error(413, f"request body over the server's limit of {max_request_bytes} bytes: send fewer "
+                              "responses per request (the client's max_batch_responses) or raise --max-request-bytes")
         try:
-            body: Any = json.loads(await request.body())
+            body: Any = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             return error(400, f"request body is not valid JSON: {err}")
         if not isinstance(body, dict) or set(body) != {"problems", "segments"}:
             return error(422, 'body must be a JSON object with exactly the keys "problems" and "segments"')
+        if not isinstance(body["problems"], list) or not isinstance(body["segments"], list):
+            return error(422, '"problems" and "segments" must be JSON lists')
         try:
             check_inputs(body["problems"], body["segments"])
+            if (message := over_limit(body)) is not None:
+                return error(413, message)
             scores = await batcher.score(body["problems"], [list(s) for s in body["segments"]])
         except PRMError as err:
             return error(422, str(err))
