@@ -9,7 +9,15 @@ import pytest
 import yaml
 
 from prpo.commands import train as train_command
-from prpo.config import ConfigError, PRPOConfig, apply_overrides, build_config, load_config, parse_value
+from prpo.config import (
+    ConfigError,
+    PRPOConfig,
+    apply_overrides,
+    build_config,
+    derive_accumulation,
+    load_config,
+    parse_value,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASE = {
@@ -40,24 +48,110 @@ def _error(**changes) -> ConfigError:
         ({"num_generations": 4.5}, "num_generations", "expected int"),
         ({"bf16": "yes"}, "bf16", "bool"),
         ({"lr_scheduler_type": "sometimes"}, "lr_scheduler_type", "one of linear"),
-        ({"method": "prp"}, "method", "did you mean 'prpo'"),
-        ({"segmenter": "spikes"}, "segmenter", "entropy, marker, fixed"),
-        ({"loss_type": "vespo"}, "loss_type", "not one of"),
+        ({"normalization": "batch"}, "normalization", "'batch' is not one of fixed_prior, group"),
         ({"prm": None}, "prm", "PRM"),
-        ({"prm": {"right": 0.9}}, "prm.type", "required"),
-        ({"correct_reward": -1.0, "wrong_reward": 1.0}, "correct_reward", "must exceed"),
-        ({"num_generations": 3}, "generation_batch_size", "divisible by num_generations"),
-        ({"delta": 1.1}, "delta", "dual clip"),
-        ({"sigma0": 0.0}, "sigma0", "> 0"),
-        ({"advantage_options": {"tau": 0.2}}, "advantage_options.tau", "method 'prpo' takes"),
-        ({"max_completion_length": 12, "min_gap": 10}, "min_gap", "2 * min_gap"),
-        ({"remove_unused_columns": True}, "remove_unused_columns", "prompt_id"),
     ],
 )
-def test_bad_config_names_the_key(changes, key, words):
+def test_bad_yaml_config_names_the_key(changes, key, words):
     err = _error(**changes)
     assert err.key == key
     assert words in str(err) and key in str(err)
+
+
+PYTHON_BASE = {"output_dir": "unused", "prm": {"type": "arithmetic"}, "num_generations": 4,
+               "per_device_train_batch_size": 8}
+
+
+@pytest.mark.parametrize(
+    "changes, key, words",
+    [
+        # one field at a time: the key, the bad value, the accepted values (and the nearest one)
+        ({"method": "prp"}, "method", "'prp' is not one of dr_grpo, grpo, "),
+        ({"method": "prp"}, "method", "; did you mean 'prpo'"),
+        ({"method": "nosuch"}, "method", "'nosuch' is not one of"),
+        ({"segmenter": "bogus"}, "segmenter", "'bogus' is not one of entropy, fixed, marker"),
+        ({"segmenter": "markr"}, "segmenter", "did you mean 'marker'"),
+        ({"normalization": "batch"}, "normalization", "'batch' is not one of fixed_prior, group"),
+        ({"outcome_scale": "grup"}, "outcome_scale", "is not one of none, group; did you mean 'group'"),
+        ({"loss_type": "vespo"}, "loss_type", "'vespo' is not one of grpo, bnpo, dr_grpo, dapo, cispo, sapo"),
+        ({"k": -3}, "k", "must be >= 0, got -3"),
+        ({"k": "5"}, "k", "expected int, got str '5'"),
+        ({"sigma0": 0.0}, "sigma0", "must be > 0, got 0.0"),
+        ({"eps": -1e-6}, "eps", "must be > 0"),
+        ({"min_gap": 0}, "min_gap", "must be > 0"),
+        ({"segment_length": 0}, "segment_length", "must be > 0"),
+        ({"overlong_len": 0}, "overlong_len", "must be > 0"),
+        ({"grading_timeout": 0.0}, "grading_timeout", "must be > 0"),
+        ({"prompts_per_step": 0}, "prompts_per_step", "must be > 0"),
+        ({"collapse_drop": 1.0}, "collapse_drop", "must be < 1"),
+        ({"collapse_window": 0}, "collapse_window", "must be > 0"),
+        ({"temperature": 0.0}, "temperature", "must be > 0"),
+        ({"marker": ""}, "marker", "non-empty"),
+        ({"prm": {"right": 0.9}}, "prm.type", "required"),
+        ({"advantage_options": []}, "advantage_options", "expected dict"),
+        # combinations
+        ({"correct_reward": -1.0, "wrong_reward": 1.0}, "correct_reward", "must exceed wrong_reward"),
+        ({"num_generations": 3}, "generation_batch_size", "divisible by num_generations"),
+        ({"delta": 1.1}, "delta", "dual clip"),
+        ({"advantage_options": {"tau": 0.2}}, "advantage_options.tau", "method 'prpo' takes"),
+        ({"advantage_options": {"mu0": 0.3}}, "advantage_options.mu0", "set the top-level key 'mu0'"),
+        ({"method": "pure", "advantage_options": {"separator_ends": True}}, "advantage_options.separator_ends",
+         "follows the segmenter"),
+        ({"max_completion_length": 12, "min_gap": 10}, "min_gap", "2 * min_gap"),
+        ({"overlong_len": 8192}, "overlong_len", "can never apply"),
+        ({"remove_unused_columns": True}, "remove_unused_columns", "prompt_id"),
+        ({"prompts_per_step": 3}, "prompts_per_step", "3 prompts x num_generations 4 = 12 rollouts"),
+        ({"prompts_per_step": 4, "gradient_accumulation_steps": 3}, "gradient_accumulation_steps", "needs 2"),
+        ({"prompts_per_step": 4, "steps_per_generation": 2}, "steps_per_generation", "leave it unset"),
+    ],
+)
+def test_bad_python_config_names_the_key(changes, key, words):
+    with pytest.raises(ConfigError) as info:
+        PRPOConfig(**{**PYTHON_BASE, **changes})
+    assert info.value.key == key
+    assert words in str(info.value) and key in str(info.value)
+
+
+def test_a_method_or_segmenter_registered_later_is_accepted():
+    from prpo.advantages import ADVANTAGES, register_advantage
+    from prpo.segmentation import SEGMENTERS, register_segmenter
+
+    register_advantage("test_later", uses_prm=False)(lambda inputs: inputs.mask.float())
+    register_segmenter("test_halves")(lambda inputs: inputs.mask.long().cumsum(dim=1).sub(1))
+    try:
+        args = PRPOConfig(**{**PYTHON_BASE, "method": "test_later", "segmenter": "test_halves"})
+        assert (args.method, args.segmenter, args.uses_prm(), args.segmenter_kwargs()) == ("test_later", "test_halves", False, {})
+    finally:
+        ADVANTAGES.pop("test_later")
+        SEGMENTERS.pop("test_halves")
+
+
+@pytest.mark.parametrize(
+    "prompts, generations, per_device, processes, accumulation",
+    [(128, 8, 16, 1, 64), (128, 8, 16, 8, 8), (128, 8, 16, 16, 4), (128, 8, 8, 16, 8), (16, 8, 32, 1, 4)],
+)
+def test_accumulation_is_derived_from_the_paper_unit(prompts, generations, per_device, processes, accumulation):
+    # accumulation = prompts x G / (per-device rows x processes): 128 x 8 = 1024 = 16 x 8 x 8 = 16 x 16 x 4 ...
+    assert derive_accumulation(prompts, generations, per_device, processes) == accumulation
+
+
+def test_paper_unit_on_processes_that_cannot_make_it_is_refused():
+    with pytest.raises(ConfigError) as info:
+        derive_accumulation(128, 8, 16, 3)  # 1024 rollouts are not a multiple of 48
+    assert info.value.key == "prompts_per_step" and "16 x 3 processes = 48" in str(info.value)
+
+
+def test_prompts_per_step_sets_the_update_on_this_launch():
+    args = PRPOConfig(**{**PYTHON_BASE, "prompts_per_step": 128, "num_generations": 8, "per_device_train_batch_size": 16})
+    # one process: 128 x 8 = 1024 rollouts = 16 rows x 64 micro-steps, one optimiser update per generation batch
+    assert (args.gradient_accumulation_steps, args.steps_per_generation, args.generation_batch_size) == (64, 64, 1024)
+    assert args.batch_summary().startswith("128 prompts x 8 rollouts = 1024 rollouts per optimiser step (1 processes")
+
+
+def test_kl_and_vllm_correction_defaults_are_the_papers():
+    args = PRPOConfig(**PYTHON_BASE)
+    # plain k3 as a loss term (no importance weight on the KL); no vLLM importance-sampling correction
+    assert (args.beta, args.use_bias_correction_kl, args.vllm_importance_sampling_correction) == (0.001, False, False)
 
 
 def test_missing_sections_are_named():

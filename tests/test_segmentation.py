@@ -11,10 +11,14 @@ from hypothesis import strategies as st
 
 from prpo.reference import entropy_segments_row
 from prpo.segmentation import (
+    SEGMENTERS,
+    SegmentInputs,
     entropy_segments,
     fixed_segments,
+    get_segmenter,
     marker_segments,
     num_segments,
+    register_segmenter,
     response_lengths,
     scores_to_tokens,
     segment_spans,
@@ -164,6 +168,32 @@ def test_marker_segments_split_after_each_marker():
 def test_fixed_segments():
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]])
     assert fixed_segments(mask, 2).tolist() == [[0, 0, 1, 1, 2, -1], [0, 0, -1, -1, -1, -1]]
+
+
+def test_segmenter_registry_dispatches_with_the_inputs_each_entry_needs():
+    mask = torch.tensor([[1] * 11, [1, 1] + [0] * 9], dtype=torch.bool)
+    pieces = [["Step", " 1", ".\n\n", "Step", " 2", "\n", "\n", "Answer", ":", " 3", "\n\n"], ["one", " step"]]
+    entropy = torch.zeros(2, 11)
+    entropy[0, 4] = 1.0
+    texts, offsets = token_offsets(pieces)
+    expected = {
+        "entropy": entropy_segments(entropy, mask, k=1, min_gap=3),
+        "marker": marker_segments(offsets, texts, mask),
+        "fixed": fixed_segments(mask, 4),
+    }
+    options = {"entropy": {"k": 1, "min_gap": 3}, "marker": {"marker": "\n\n"}, "fixed": {"segment_length": 4}}
+    for name, segmenter in SEGMENTERS.items():
+        inputs = SegmentInputs(mask, entropy if segmenter.needs_entropy else None,
+                               pieces if segmenter.needs_text else None)
+        assert segmenter.fn(inputs, **options[name]).tolist() == expected[name].tolist(), name
+        assert set(segmenter.options()) == set(options[name])
+    assert [n for n, s in SEGMENTERS.items() if s.separator_ends] == ["marker"]
+    with pytest.raises(ValueError, match="segmenter 'entropy' needs the sampling entropy"):
+        get_segmenter("entropy").fn(SegmentInputs(mask))
+    with pytest.raises(ValueError, match="unknown segmenter 'spikes'; known: entropy, fixed, marker"):
+        get_segmenter("spikes")
+    with pytest.raises(ValueError, match="already registered"):
+        register_segmenter("fixed")(lambda inputs: inputs.mask.long())
 
 
 # ----------------------------------------------------------------------------- spans and scores

@@ -2,12 +2,15 @@
 
 Segment ids are a LongTensor[B, T]: ``0..r`` on the valid tokens of a row, ``-1`` on padding.
 Every segmenter here returns that format, so the PRM and the advantages never care which one
-produced the cut.
+produced the cut. Segmenters live in a registry (`SEGMENTERS`, `register_segmenter`) with one
+signature, ``fn(SegmentInputs, *, options) -> ids``, and metadata saying what they read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -258,3 +261,85 @@ def scores_to_tokens(scores: Sequence[Sequence[float]] | Tensor, segment_ids: Te
         rows = slice(row, row + step)
         torch.gather(table[rows], 1, segment_ids[rows] + 1, out=out[rows])
     return out
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class SegmentInputs:
+    """What a segmenter may read: the response mask[B, T], the sampling entropy[B, T], the per-token texts."""
+
+    mask: Tensor
+    entropy: Tensor | None = None
+    token_texts: Sequence[Sequence[str]] | None = None
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """A registered segmenter and what it needs.
+
+    ``needs_entropy`` / ``needs_text``: the trainer fills ``SegmentInputs.entropy`` / ``token_texts``.
+    ``separator_ends``: every segment but the last ends at a step-separator token (PURE gives it no
+    advantage, as its reference code does at "\\n\\n").
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    needs_entropy: bool
+    needs_text: bool
+    separator_ends: bool
+
+    def options(self) -> dict[str, object]:
+        """Keyword options the segmenter takes, with their defaults (filled from the same-named config fields)."""
+        params = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+SEGMENTERS: dict[str, Segmenter] = {}
+
+
+def register_segmenter(
+    name: str, *, needs_entropy: bool = False, needs_text: bool = False, separator_ends: bool = False
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register ``fn(inputs: SegmentInputs, *, **options) -> LongTensor[B, T]`` (ids, -1 on padding) as ``name``."""
+
+    def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in SEGMENTERS:
+            raise ValueError(f"segmenter {name!r} is already registered")
+        SEGMENTERS[name] = Segmenter(name, fn, needs_entropy, needs_text, separator_ends)
+        return fn
+
+    return decorator
+
+
+def get_segmenter(name: str) -> Segmenter:
+    """The registered segmenter ``name``; a clear error listing the known ones otherwise."""
+    if name not in SEGMENTERS:
+        raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(sorted(SEGMENTERS))}")
+    return SEGMENTERS[name]
+
+
+def _required(value, what: str, name: str):
+    if value is None:
+        raise ValueError(f"segmenter {name!r} needs {what}")
+    return value
+
+
+@register_segmenter("entropy", needs_entropy=True)
+def _entropy(inputs: SegmentInputs, *, k: int = 5, min_gap: int = 10) -> Tensor:
+    """`entropy_segments`: up to ``k`` entropy spikes at least ``min_gap`` tokens apart start new segments."""
+    return entropy_segments(_required(inputs.entropy, "the sampling entropy", "entropy"), inputs.mask, k=k, min_gap=min_gap)
+
+
+@register_segmenter("marker", needs_text=True, separator_ends=True)
+def _marker(inputs: SegmentInputs, *, marker: str = "\n\n") -> Tensor:
+    """`marker_segments`: a new segment after each ``marker`` in the decoded text."""
+    texts, offsets = token_offsets(_required(inputs.token_texts, "the per-token texts", "marker"))
+    return marker_segments(offsets, texts, inputs.mask, marker=marker)
+
+
+@register_segmenter("fixed")
+def _fixed(inputs: SegmentInputs, *, segment_length: int = 64) -> Tensor:
+    """`fixed_segments`: segments of ``segment_length`` tokens."""
+    return fixed_segments(inputs.mask, segment_length)
