@@ -18,7 +18,7 @@ from prpo.advantages import (
     outcome_rewards,
     register_advantage,
 )
-from prpo.reference import prpo_advantages_rows
+from prpo.reference import prpo_advantages_rows, pure_advantages_rows
 from prpo.segmentation import scores_to_tokens
 
 SIGMA0 = math.sqrt(1 / 24)
@@ -86,25 +86,39 @@ def test_prpo_group_normalization_and_outcome_scale():
 
 
 def test_pure_hand_values():
-    # One response, two steps of 2 tokens, scores 1.0 and 0.0 -> r = (1, -1); w = softmax(-r / 0.1).
-    ids, tokens = _batch([[1.0, 0.0], [1.0]], [[2, 2], [3]], width=4)
-    adv = compute_advantages(
-        "pure", outcome_rewards=torch.tensor([1.0, -1.0]), group_ids=torch.tensor([0, 1]), mask=ids >= 0,
-        token_scores=tokens, segment_ids=ids,
-    )
+    # Group of two. Row 0: steps of 2 + 2 tokens, s = (.75, .75) -> r = (.5, .5), w = (.5, .5), x = (.25, .25), X = .5.
+    # Row 1: steps of 1 + 2 tokens, s = (.25, .25) -> x = (-.25, -.25), X = -.5.
+    ids, tokens = _batch([[0.75, 0.75], [0.25, 0.25]], [[2, 2], [1, 2]], width=4)
+    kwargs = dict(outcome_rewards=torch.tensor([1.0, -1.0]), group_ids=torch.tensor([5, 5]), mask=ids >= 0,
+                  token_scores=tokens, segment_ids=ids)
+    adv = compute_advantages("pure", **kwargs)
+    # Token baselines: b0 = X1 / L1 = -.5 / 3 = -1/6, b1 = X0 / L0 = .5 / 4 = 1/8.
+    # Row 0 step ends: .25 + 2/6 = 7/12 at t = 1 and t = 3. Row 1: -.25 - 1/8 = -3/8 at t = 0, -.25 - 2/8 = -1/2 at t = 2.
+    # Outcome v = (0, -1); leave-one-out: u = (0 - (-1), -1 - 0) = (1, -1), at the last token.
+    # Row 0 rewards (0, 7/12, 0, 7/12 + 1) -> returns (13/6, 13/6, 19/12, 19/12).
+    # Row 1 rewards (-3/8, 0, -1/2 - 1) -> returns (-15/8, -3/2, -3/2), padding 0.
+    assert adv[0].tolist() == pytest.approx([13 / 6, 13 / 6, 19 / 12, 19 / 12], abs=1e-6)
+    assert adv[1].tolist() == pytest.approx([-15 / 8, -3 / 2, -3 / 2, 0.0], abs=1e-6)
+    # Marker segments end at a separator token: advantage 0 there, except at the response's last token.
+    marked = compute_advantages("pure", separator_ends=True, **kwargs)
+    assert marked[0].tolist() == pytest.approx([13 / 6, 0.0, 19 / 12, 19 / 12], abs=1e-6)
+    assert marked[1].tolist() == pytest.approx([0.0, -3 / 2, -3 / 2, 0.0], abs=1e-6)
+
+
+def test_pure_min_form_weights_and_singleton_group():
+    # One response alone in its group: no baselines. Steps of 2 tokens with s = (1, 0) -> r = (1, -1),
+    # w = softmax(-r / 0.1) = (1 / (1 + e^20), e^20 / (1 + e^20)): the worse step dominates (soft minimum).
+    ids, tokens = _batch([[1.0, 0.0]], [[2, 2]], width=4)
+    base = dict(group_ids=torch.tensor([0]), mask=ids >= 0, token_scores=tokens, segment_ids=ids)
     w1 = 1 / (1 + math.exp(20))
     x1, x2 = w1 * 1.0, (1 - w1) * -1.0
-    # Row 0: outcome credit R - 1 = 0; returns-to-go; singleton group -> baseline 0.
-    assert adv[0].tolist() == pytest.approx([x1 + x2, x1 + x2, x2, x2], abs=1e-6)
-    # Row 1: one step with r = 1 (weight 1) and outcome credit -2 at the last token.
-    assert adv[1].tolist() == pytest.approx([-1, -1, -1, 0], abs=1e-6)
-    # RLOO: in one group of the two rows, each baseline is the other row's total return.
-    rloo = compute_advantages(
-        "pure", outcome_rewards=torch.tensor([1.0, -1.0]), group_ids=torch.tensor([0, 0]), mask=ids >= 0,
-        token_scores=tokens, segment_ids=ids,
-    )
-    torch.testing.assert_close(rloo[0], adv[0] - torch.tensor(-1.0))
-    torch.testing.assert_close(rloo[1, :3], adv[1, :3] - (x1 + x2))
+    correct = compute_advantages("pure", outcome_rewards=torch.tensor([1.0]), **base)  # v = 0
+    assert correct[0].tolist() == pytest.approx([x1 + x2, x1 + x2, x2, x2], abs=1e-6)
+    wrong = compute_advantages("pure", outcome_rewards=torch.tensor([-1.0]), **base)  # v = -1 at the last token
+    assert wrong[0].tolist() == pytest.approx([x1 + x2 - 1, x1 + x2 - 1, x2 - 1, x2 - 1], abs=1e-6)
+    # R in {0, 1}: the same outcome v once correct_reward / wrong_reward say so.
+    again = compute_advantages("pure", outcome_rewards=torch.tensor([0.0]), correct_reward=1.0, wrong_reward=0.0, **base)
+    torch.testing.assert_close(again, wrong)
 
 
 def test_outcome_rewards_with_overlong_penalty():
@@ -243,3 +257,16 @@ def test_garbage_scores_on_padding_still_give_exact_zeros():
     adv = compute_advantages("prpo", outcome_rewards=torch.tensor([1.0, -1.0]), group_ids=torch.tensor([0, 0]),
                              mask=ids >= 0, token_scores=scores, segment_ids=ids)
     assert adv[0, 2].item() == 0.0 and torch.isfinite(adv).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(_groups(), st.booleans())
+def test_pure_matches_reference(case, separator_ends):
+    batch, seg_scores = case
+    adv = compute_advantages("pure", separator_ends=separator_ends, **batch)
+    rows = pure_advantages_rows(
+        batch["outcome_rewards"].tolist(), batch["group_ids"].tolist(), seg_scores,
+        [row[row >= 0].tolist() for row in batch["segment_ids"]], separator_ends=separator_ends,
+    )
+    for i, row in enumerate(rows):
+        assert adv[i, : len(row)].tolist() == pytest.approx(row, abs=1e-4)

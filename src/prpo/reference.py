@@ -120,7 +120,7 @@ def consistency_filter_rows(
         members[group].append(row)
     kept = [True] * len(groups)
     for rows in members.values():
-        remove = len(rows) - keep
+        remove = max(len(rows) - keep, 0)  # a group of keep or fewer rollouts is kept whole
         right = [i for i in rows if correct[i]]
         wrong = [i for i in rows if not correct[i]]
         wanted = min(remove, round((len(right) - len(wrong) + remove) / 2))  # Python's round: half to even
