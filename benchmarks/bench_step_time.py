@@ -34,7 +34,7 @@ def run(method: str, args: argparse.Namespace, model_path: str, task, output_dir
         use_cpu=args.device == "cpu", bf16=args.device != "cpu", min_gap=args.min_gap,
     )
     prm = load_prm({"type": "arithmetic"}) if method == "prpo" else None
-    trainer = PRPOTrainer(model_path, config, task.to_dataset(), prm=prm, grader=task.grade)
+    trainer = PRPOTrainer(model_path, args=config, train_dataset=task.to_dataset(), prm=prm, grader=task.grade)
     trainer.train()
     return [row for row in trainer.state.log_history if "step_time" in row][1:]
 

@@ -57,7 +57,7 @@ def make_args(tmp_path, **overrides) -> PRPOConfig:
 
 def test_loss_uses_token_level_advantages(tiny_causal_lm_dir, tmp_path):
     """With ratio 1 the loss is -sum(A M)/sum(M); moving A at one token moves the gradient by -dA/N * grad logp there."""
-    trainer = PRPOTrainer(str(tiny_causal_lm_dir), make_args(tmp_path, beta=0.0), dataset(),
+    trainer = PRPOTrainer(str(tiny_causal_lm_dir), args=make_args(tmp_path, beta=0.0), train_dataset=dataset(),
                           prm=LengthPRM(), grader=parity_grader)
     model = trainer.model
     torch.manual_seed(0)
@@ -101,7 +101,7 @@ def test_loss_uses_token_level_advantages(tiny_causal_lm_dir, tmp_path):
 def test_generation_entropy_equals_the_forward_pass_entropy(tiny_causal_lm_dir, tmp_path):
     """The entropy captured while sampling is the sampling policy's H(softmax(logits / T)) at every position."""
     args = make_args(tmp_path, beta=0.0, temperature=0.7, max_completion_length=12)
-    trainer = PRPOTrainer(str(tiny_causal_lm_dir), args, dataset(), prm=LengthPRM(), grader=parity_grader)
+    trainer = PRPOTrainer(str(tiny_causal_lm_dir), args=args, train_dataset=dataset(), prm=LengthPRM(), grader=parity_grader)
     trainer.model.eval()
     prompts = [row["prompt"] for row in dataset()]
     prompt_ids, completion_ids, *_ = trainer._generate(prompts)
@@ -122,7 +122,7 @@ def test_generation_entropy_equals_the_forward_pass_entropy(tiny_causal_lm_dir, 
 @pytest.mark.parametrize("method", sorted(ADVANTAGES))
 def test_few_steps_end_to_end(method, tiny_causal_lm_dir, tmp_path):
     args = make_args(tmp_path, method=method, prm={"type": "arithmetic"} if ADVANTAGES[method].uses_prm else None)
-    trainer = PRPOTrainer(str(tiny_causal_lm_dir), args, dataset(), prm=LengthPRM(), grader=parity_grader)
+    trainer = PRPOTrainer(str(tiny_causal_lm_dir), args=args, train_dataset=dataset(), prm=LengthPRM(), grader=parity_grader)
     initial = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
     run = tmp_path / "run"
@@ -153,7 +153,7 @@ def test_few_steps_end_to_end(method, tiny_causal_lm_dir, tmp_path):
 def test_bad_data_rows_are_rejected(qwen_tokenizer):
     good = dataset(2).to_list()
     cases = [
-        (Dataset.from_list([{k: v for k, v in row.items() if k != "problem"} for row in good]), "lacks column(s) ['problem']"),
+        (Dataset.from_list([{k: v for k, v in row.items() if k != "answer"} for row in good]), "lacks the 'answer' column"),
         (Dataset.from_list([good[0], {**good[1], "answer": " "}]), "dataset row 1 (prompt_id 'sum-12-5'): answer"),
         (Dataset.from_list([good[0], {**good[1], "prompt_id": "sum-3-4"}]), "shared with a different problem"),
     ]

@@ -40,7 +40,7 @@ args = PRPOConfig(output_dir=out_path + ".run", method="prpo", normalization="gr
                   segmenter="fixed", segment_length=3, num_generations=4, per_device_train_batch_size=4,
                   beta=0.0, max_completion_length=12, report_to=[], use_cpu=True, samples_per_step=0,
                   activation_checkpointing=False)
-trainer = PRPOTrainer(model_dir, args, data, prm=LengthPRM(), grader=lambda r, g: [False] * len(r))
+trainer = PRPOTrainer(model_dir, args=args, train_dataset=data, prm=LengthPRM(), grader=lambda r, g: [False] * len(r))
 g = torch.Generator().manual_seed(0)
 rows = 8
 lengths = [12, 7, 9, 12, 3, 11, 5, 8]

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import time
 from collections import defaultdict
@@ -54,6 +55,7 @@ from prpo.segmentation import (
     token_entropy,
 )
 
+logger = logging.getLogger(__name__)
 TRL_VERSION = "1.16.0"
 
 
@@ -319,6 +321,7 @@ class PRPOTrainer(GRPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        self._keep_fp32_master_weights()
         needs_answer = self.outcome_reward.grade_many is not None
         check_dataset(train_dataset, self._tokenizer, args.max_prompt_length, needs_answer=needs_answer)
         if eval_dataset is not None:
@@ -345,6 +348,28 @@ class PRPOTrainer(GRPOTrainer):
     def _policy_module(self) -> torch.nn.Module:
         model = self.accelerator.unwrap_model(self.model)
         return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def _keep_fp32_master_weights(self) -> None:
+        """Upcast trainable bf16/fp16 parameters to float32 where the optimiser would update them directly.
+
+        AdamW's step is about ``lr`` per weight; at the paper's 1e-6 that is far below bf16's spacing
+        (``|w| * 2^-8``), so half-precision weights would barely move. The forward still runs in bf16
+        under autocast when ``bf16`` is on. DeepSpeed keeps its own float32 master copy: left alone.
+        """
+        if self.is_deepspeed_enabled:
+            return
+        half = [p for p in self.model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+        if not half:
+            return
+        dtype = half[0].dtype
+        for param in half:
+            param.data = param.data.float()
+        compute = "bf16 autocast" if self.args.bf16 else "float32 (set bf16: true for bf16 compute)"
+        logger.warning(
+            f"{len(half)} trainable parameter tensors were {dtype}: upcast to float32 master weights, since "
+            f"AdamW at learning_rate={self.args.learning_rate} would update them below half-precision resolution; "
+            f"compute: {compute}"
+        )
 
     def _generate(self, prompts: list):
         start = time.perf_counter()

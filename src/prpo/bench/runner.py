@@ -1,11 +1,11 @@
-"""Run the benchmark matrix: every method x seed x PRM setting, same rollouts budget, same hyperparameters.
+"""Run the benchmark matrix: difficulty level x PRM quality x method x seed, same rollouts budget, same hyperparameters.
 
 Layout of a results directory::
 
-    warmstart/                              the warm-started policy every run starts from
-    runs/SETTING/METHOD/seed-S/metrics.jsonl  PRPOTrainer's per-step metrics
-    runs/SETTING/METHOD/seed-S/eval.jsonl     held-out accuracy every `eval_every` steps
-    bench.json                              the size preset and the matrix that ran
+    warmstart/                                      the warm-started policy every run starts from
+    runs/LEVEL/QUALITY/METHOD/seed-S/metrics.jsonl   PRPOTrainer's per-step metrics
+    runs/LEVEL/QUALITY/METHOD/seed-S/eval.jsonl      held-out accuracy every `eval_every` steps
+    bench.json                                      the family, the size preset and the matrix that ran
 """
 
 from __future__ import annotations
@@ -23,34 +23,31 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 from transformers.utils import logging as hf_logging
 
-from prpo.bench.data import bench_task
+from prpo.bench.family import QUALITIES, FamilyPRM, load_family
 from prpo.bench.policy import SIZES as POLICY_SIZES
 from prpo.bench.policy import PolicySize, load_char_tokenizer
 from prpo.metrics import read_jsonl
 
 METHODS = ("grpo", "dr_grpo", "prpo", "process_only", "prm_avg", "pure")
-SETTINGS = ("clean", "noisy")
+DEFAULT_FAMILY = "prpo.bench.data:ARITHMETIC"
 EVAL_FILE = "eval.jsonl"
 
 
 @dataclass(frozen=True)
 class BenchSize:
-    """Everything that scales with the hardware; methods and seeds share it."""
+    """Everything that scales with the hardware; levels, PRM qualities, methods and seeds share it."""
 
     policy: PolicySize
-    warm_problems: int
+    warm_problems: int  # spread evenly over the family's levels
     warm_epochs: float
-    error_rate: float
-    misconception_rate: float
     rl_steps: int
     prompts_per_step: int
     num_generations: int
     learning_rate: float
-    max_completion_length: int
     eval_every: int
     eval_problems: int
     seeds: int
-    noise: float
+    noise: float  # flip probability of the noisy PRM
     jobs: int
     use_cpu: bool
     rl_warmup_steps: int = 5  # learning-rate warm-up of RL, so Adam's first, noisy steps stay small
@@ -58,27 +55,23 @@ class BenchSize:
     warm_learning_rate: float = 3e-3
     k: int = 5
     min_gap: int = 4
-    train_steps: tuple[int, int] = (2, 3)
-    long_steps: tuple[int, int] = (4, 5)
 
 
 SIZES = {
-    "smoke": BenchSize(  # a seconds-long end-to-end check of the whole pipeline (tests)
-        policy=POLICY_SIZES["smoke"], warm_problems=64, warm_epochs=1, error_rate=0.05, misconception_rate=0.65,
-        rl_steps=2, prompts_per_step=2, num_generations=4, learning_rate=1e-3, max_completion_length=16,
-        eval_every=1, eval_problems=4, seeds=2, noise=0.15, jobs=1, use_cpu=True,
+    "smoke": BenchSize(  # a seconds-long end-to-end check of the whole pipeline (tests, CI)
+        policy=POLICY_SIZES["smoke"], warm_problems=48, warm_epochs=1, rl_steps=2, prompts_per_step=2,
+        num_generations=4, learning_rate=1e-3, eval_every=1, eval_problems=4, seeds=2, noise=0.15, jobs=1,
+        use_cpu=True,
     ),
-    "cpu": BenchSize(  # about 25 minutes on 2 cores: 50 runs, two at a time, one thread each
-        policy=POLICY_SIZES["cpu"], warm_problems=6000, warm_epochs=10, error_rate=0.05, misconception_rate=0.65,
-        rl_steps=30, prompts_per_step=16, num_generations=8, learning_rate=2e-4, max_completion_length=48,
-        eval_every=10, eval_problems=200, seeds=5, noise=0.15, jobs=2, use_cpu=True, warm_batch_size=32,
-        warm_learning_rate=3e-3,
+    "cpu": BenchSize(  # the headline matrix on 2 cores: 3 levels x 8 methods x 5 seeds, clean PRM (docs/bench.md)
+        policy=POLICY_SIZES["cpu"], warm_problems=6000, warm_epochs=8, rl_steps=30, prompts_per_step=8,
+        num_generations=8, learning_rate=2e-4, eval_every=10, eval_problems=100, seeds=5, noise=0.15, jobs=2,
+        use_cpu=True, warm_batch_size=32,
     ),
-    "gpu": BenchSize(  # one H100/H200: every run of the matrix at once, one CPU thread each
-        policy=POLICY_SIZES["gpu"], warm_problems=6000, warm_epochs=16, error_rate=0.05, misconception_rate=0.65,
-        rl_steps=30, prompts_per_step=32, num_generations=8, learning_rate=1e-4, max_completion_length=48,
-        eval_every=5, eval_problems=300, seeds=5, noise=0.15, jobs=16, use_cpu=False, warm_batch_size=128,
-        warm_learning_rate=2e-3,
+    "gpu": BenchSize(  # one H100/H200: 16 runs at once on the GPU, one CPU thread each
+        policy=POLICY_SIZES["gpu"], warm_problems=9000, warm_epochs=10, rl_steps=30, prompts_per_step=16,
+        num_generations=8, learning_rate=1e-4, eval_every=10, eval_problems=200, seeds=5, noise=0.15, jobs=16,
+        use_cpu=False, warm_batch_size=128, warm_learning_rate=2e-3,
     ),
 }
 
@@ -87,38 +80,34 @@ SIZES = {
 class RunSpec:
     """One RL run of the matrix."""
 
+    family: str  # MODULE:NAME or path.py:NAME
+    level: str
+    quality: str  # clean, noisy or biased PRM
     method: str
     seed: int
-    setting: str  # "clean" or "noisy"
-    noise: float
     init: str  # warm-started policy folder
     output_dir: str
     size: BenchSize = field(repr=False)
 
 
 class HeldOutEval(TrainerCallback):
-    """Held-out accuracy every ``every`` steps: greedy on the trained chain length and on longer chains,
-    and sampled (temperature 1) on the trained length."""
+    """Held-out accuracy every ``every`` steps, greedy and sampled (temperature 1, the policy RL optimises)."""
 
-    def __init__(self, path: Path, tasks: dict, every: int, max_new_tokens: int):
-        self.path, self.tasks, self.every, self.max_new_tokens = path, tasks, every, max_new_tokens
+    def __init__(self, path: Path, task, every: int, max_new_tokens: int):
+        self.path, self.task, self.every, self.max_new_tokens = path, task, every, max_new_tokens
 
     def evaluate(self, model, tokenizer, step: int) -> None:
         from prpo.evaluation import evaluate_model
 
-        row: dict[str, float | int] = {"step": step}
-        for name, task in self.tasks.items():
-            result = evaluate_model(
-                model, tokenizer, task, max_new_tokens=self.max_new_tokens, batch_size=len(task), progress=False
-            ).summary
-            row[f"{name}/accuracy"] = result["accuracy"]
-            row[f"{name}/length"] = result["response_tokens"]["mean"]
-            row[f"{name}/final_answer_rate"] = 1 - result["no_final_answer_fraction"]
-        # The sampling policy RL optimises: mean accuracy of 2 samples per problem at temperature 1.
-        sampled = evaluate_model(model, tokenizer, self.tasks["heldout"], samples=2, temperature=1.0, seed=step,
-                                 max_new_tokens=self.max_new_tokens, batch_size=2 * len(self.tasks["heldout"]),
+        greedy = evaluate_model(model, tokenizer, self.task, max_new_tokens=self.max_new_tokens,
+                                batch_size=len(self.task), progress=False).summary
+        # Mean accuracy of 2 samples per problem at temperature 1.
+        sampled = evaluate_model(model, tokenizer, self.task, samples=2, temperature=1.0, seed=step,
+                                 max_new_tokens=self.max_new_tokens, batch_size=2 * len(self.task),
                                  progress=False).summary
-        row["heldout/sampled_accuracy"] = sampled["accuracy"]
+        row = {"step": step, "heldout/accuracy": greedy["accuracy"], "heldout/length": greedy["response_tokens"]["mean"],
+               "heldout/final_answer_rate": 1 - greedy["no_final_answer_fraction"],
+               "heldout/sampled_accuracy": sampled["accuracy"]}
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
 
@@ -130,36 +119,32 @@ class HeldOutEval(TrainerCallback):
             self.evaluate(model, processing_class, state.global_step)
 
 
-def heldout_tasks(size: BenchSize) -> dict:
-    """Test-split problems never seen in training: the trained chain length and longer chains."""
-    return {
-        "heldout": bench_task("test", size.eval_problems, size.train_steps, seed=0),
-        "heldout_long": bench_task("test", size.eval_problems, size.long_steps, seed=0),
-    }
-
-
 def run_one(spec: RunSpec, threads: int) -> str:
-    """Train one (method, seed, setting) from its warm start and record metrics and held-out accuracy."""
+    """Train one (level, PRM quality, method, seed) from its warm start; record metrics and held-out accuracy."""
     import torch
 
+    from prpo.bench.family import level_named
     from prpo.config import PRPOConfig
     from prpo.trainer import PRPOTrainer
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
     size = spec.size
+    family = load_family(spec.family)
+    level = level_named(family, spec.level)
     out = Path(spec.output_dir)
     if (out / EVAL_FILE).exists():  # a rerun starts the run over, never appends to a half-written one
         for name in (EVAL_FILE, "metrics.jsonl", "samples.jsonl"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    train = bench_task("train", size.prompts_per_step * size.rl_steps, size.train_steps, seed=1000 + spec.seed)
+    train = family.task("train", size.prompts_per_step * size.rl_steps, level, 1000 + spec.seed)
+    prm = FamilyPRM(family, spec.quality, noise=size.noise, seed=spec.seed)
     args = PRPOConfig(
         output_dir=str(out), method=spec.method, seed=spec.seed, data_seed=spec.seed,
-        prm={"type": "arithmetic", "noise": spec.noise, "seed": spec.seed},
+        prm={"type": "bench_family", "family": spec.family, "quality": spec.quality, "noise": size.noise},
         num_generations=size.num_generations,
         per_device_train_batch_size=size.prompts_per_step * size.num_generations,
-        max_completion_length=size.max_completion_length, max_prompt_length=64,
+        max_completion_length=level.max_completion_length, max_prompt_length=128,
         k=size.k, min_gap=size.min_gap, learning_rate=size.learning_rate, warmup_steps=size.rl_warmup_steps,
         max_steps=size.rl_steps,
         temperature=1.0, save_strategy="no", report_to=[], logging_steps=1, samples_per_step=4,
@@ -167,9 +152,10 @@ def run_one(spec: RunSpec, threads: int) -> str:
         dataloader_num_workers=0,
     )
     tokenizer = load_char_tokenizer(spec.init)
-    evaluator = HeldOutEval(out / EVAL_FILE, heldout_tasks(size), size.eval_every, 2 * size.max_completion_length)
+    heldout = family.task("test", size.eval_problems, level, 0)
+    evaluator = HeldOutEval(out / EVAL_FILE, heldout, size.eval_every, level.max_completion_length)
     trainer = PRPOTrainer(
-        spec.init, args, train.to_dataset(tokenizer), processing_class=tokenizer, grader=train.grade,
+        spec.init, args=args, train_dataset=train.to_dataset(tokenizer), prm=prm, processing_class=tokenizer, grader=train.grade,
         callbacks=[evaluator],
     )
     trainer.remove_callback(PrinterCallback)  # the runner's progress bar reports; metrics go to metrics.jsonl
@@ -177,34 +163,36 @@ def run_one(spec: RunSpec, threads: int) -> str:
     return str(out)
 
 
-def _warm_start(seed: int, size: BenchSize, folder: str, threads: int) -> str:
+def _warm_start(family_spec: str, seed: int, size: BenchSize, folder: str, threads: int) -> str:
     import torch
 
     from prpo.bench.warmstart import warm_start
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
-    return str(warm_start(folder, size=size.policy, seed=seed, problems=size.warm_problems, epochs=size.warm_epochs,
-                          error_rate=size.error_rate,
-                          misconception_rate=size.misconception_rate, learning_rate=size.warm_learning_rate,
+    return str(warm_start(folder, load_family(family_spec), size=size.policy, seed=seed, problems=size.warm_problems,
+                          epochs=size.warm_epochs, learning_rate=size.warm_learning_rate,
                           batch_size=size.warm_batch_size, use_cpu=size.use_cpu, progress=True))
 
 
-def matrix(size: BenchSize, methods: Sequence[str], seeds: Sequence[int], results: Path,
-           settings: Sequence[str] = SETTINGS) -> list[RunSpec]:
-    """Clean PRM for every method; the noisy PRM for the methods that use one."""
+def matrix(size: BenchSize, family: str, levels: Sequence[str], qualities: Sequence[str], methods: Sequence[str],
+           seeds: Sequence[int], results: Path) -> list[RunSpec]:
+    """Every method on every level with the clean PRM; the noisy and biased PRMs only for the methods that read one.
+
+    Ordered seed first, so that a matrix cut short holds complete seeds of every level and method.
+    """
     from prpo.advantages import get_method
 
     specs = []
-    for setting, noise in (("clean", 0.0), ("noisy", size.noise)):
-        if setting not in settings:
-            continue
-        for method in methods:
-            if setting == "noisy" and (noise == 0.0 or not get_method(method).uses_prm):
-                continue
-            for seed in seeds:
-                specs.append(RunSpec(method, seed, setting, noise, str(results / "warmstart"),
-                                     str(results / "runs" / setting / method / f"seed-{seed}"), size))
+    for seed in seeds:
+        for level in levels:
+            for quality in qualities:
+                for method in methods:
+                    if quality != "clean" and not get_method(method).uses_prm:
+                        continue  # GRPO never reads the PRM: its clean runs are the baseline of every quality
+                    folder = results / "runs" / level / quality / method / f"seed-{seed}"
+                    specs.append(RunSpec(family, level, quality, method, seed, str(results / "warmstart"),
+                                         str(folder), size))
     return specs
 
 
@@ -219,7 +207,7 @@ def complete(spec: RunSpec) -> bool:
 
 
 def check_preset(results: Path, preset: dict) -> None:
-    """Refuse to mix runs of another preset into ``results`` (its bench.json records the preset)."""
+    """Refuse to mix runs of another preset or family into ``results`` (its bench.json records both)."""
     path = results / "bench.json"
     if not path.exists():
         return
@@ -230,25 +218,35 @@ def check_preset(results: Path, preset: dict) -> None:
                          "choose another --output")
 
 
-def run_bench(size_name: str, results: Path, *, methods: Sequence[str] = METHODS, seeds: int | None = None,
-              jobs: int | None = None, rl_steps: int | None = None, settings: Sequence[str] = SETTINGS) -> Path:
-    """Warm-start one policy, then run the matrix from it in ``jobs`` worker processes.
+def run_bench(size_name: str, results: Path, *, family: str = DEFAULT_FAMILY, levels: Sequence[str] | None = None,
+              qualities: Sequence[str] = ("clean",), methods: Sequence[str] = METHODS, seeds: int | None = None,
+              jobs: int | None = None, rl_steps: int | None = None) -> Path:
+    """Warm-start one policy for the family, then run the matrix from it in ``jobs`` worker processes.
 
-    Every run starts from the same policy, so methods and seeds differ only in RL (the seed sets
-    sampling and data order). Rerun into the same ``results`` and the existing warm start and every
-    complete run are reused: an interrupted benchmark only runs what is missing.
+    Every run starts from the same policy, so levels, PRMs, methods and seeds differ only in RL (the
+    seed sets sampling and data order). Rerun into the same ``results`` and the existing warm start
+    and every complete run are reused: an interrupted benchmark only runs what is missing.
     """
     size = SIZES[size_name] if rl_steps is None else replace(SIZES[size_name], rl_steps=rl_steps)
+    loaded = load_family(family)
+    known = [level.name for level in loaded.levels]
+    levels = list(levels) if levels else known
+    for name in levels:
+        if name not in known:
+            raise ValueError(f"--levels {name!r}: family {loaded.name!r} has levels {', '.join(known)}")
+    for quality in qualities:
+        if quality not in QUALITIES:
+            raise ValueError(f"--prm {quality!r}: choose from {', '.join(QUALITIES)}")
     seeds_list = list(range(seeds if seeds is not None else size.seeds))
     jobs = jobs or size.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    preset = json.loads(json.dumps(asdict(size)))
+    preset = json.loads(json.dumps({**asdict(size), "family": family}))
     check_preset(results, preset)
     results.mkdir(parents=True, exist_ok=True)
-    specs = matrix(size, methods, seeds_list, results, settings)
+    specs = matrix(size, family, levels, qualities, methods, seeds_list, results)
     (results / "bench.json").write_text(json.dumps(
-        {"size": size_name, "preset": preset, "methods": list(methods), "settings": list(settings),
-         "seeds": seeds_list, "runs": len(specs)}, indent=2) + "\n")
+        {"size": size_name, "preset": preset, "levels": levels, "qualities": list(qualities),
+         "methods": list(methods), "seeds": seeds_list, "runs": len(specs)}, indent=2) + "\n")
     done = [spec for spec in specs if complete(spec)]
     specs = [spec for spec in specs if spec not in done]
     context = multiprocessing.get_context("spawn")
@@ -256,7 +254,7 @@ def run_bench(size_name: str, results: Path, *, methods: Sequence[str] = METHODS
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         if not (results / "warmstart" / "tokenizer.json").exists():  # written last by warm_start
             print("warm start: supervised training of the initial policy", flush=True)
-            pool.submit(_warm_start, 0, size, str(results / "warmstart"), os.cpu_count() or 1).result()
+            pool.submit(_warm_start, family, 0, size, str(results / "warmstart"), os.cpu_count() or 1).result()
         print(f"warm start done after {time.perf_counter() - start:.0f} s; {len(specs)} RL runs to go"
               f" ({len(done)} already complete)", flush=True)
         futures = {pool.submit(run_one, spec, threads): spec for spec in specs}
@@ -264,7 +262,7 @@ def run_bench(size_name: str, results: Path, *, methods: Sequence[str] = METHODS
             for future in as_completed(futures):
                 future.result()
                 spec = futures[future]
-                bar.set_postfix_str(f"{spec.setting}/{spec.method}/seed-{spec.seed}")
+                bar.set_postfix_str(f"{spec.level}/{spec.quality}/{spec.method}/seed-{spec.seed}")
                 bar.update()
     print(f"benchmark matrix of {len(specs)} runs finished in {time.perf_counter() - start:.0f} s")
     return results

@@ -90,8 +90,10 @@ def dry_run(config: RunConfig) -> None:
     print(config.to_yaml(), end="")
 
 
-def train(config: RunConfig, *, resume: bool) -> None:
+def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART) -> None:
     from trl import get_peft_config, get_quantization_config
+
+    from prpo.model_card import ModelCard, header_comment
 
     from prpo.quickstart import train_and_report
     from prpo.trainer import PRPOTrainer
@@ -113,8 +115,8 @@ def train(config: RunConfig, *, resume: bool) -> None:
         (output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     trainer = PRPOTrainer(
         path,
-        args,
-        task.to_dataset(tokenizer),
+        args=args,
+        train_dataset=task.to_dataset(tokenizer),
         grader=task.grade,
         eval_dataset=None if eval_task is None else eval_task.to_dataset(tokenizer),
         processing_class=None,
@@ -122,8 +124,10 @@ def train(config: RunConfig, *, resume: bool) -> None:
     )
     if not args.eval_before_after:
         eval_task = None
+    card = ModelCard(model.model_name_or_path, args.method, task.name, config.to_yaml(), header_comment(config_file))
     train_and_report(trainer, eval_task, max_new_tokens=args.max_completion_length,
-                     batch_size=args.per_device_eval_batch_size, final_dir=output_dir / "final", resume=resume)
+                     batch_size=args.per_device_eval_batch_size, final_dir=output_dir / "final", resume=resume,
+                     card=card)
 
 
 def main(argv: list[str]) -> int:
@@ -136,7 +140,7 @@ def main(argv: list[str]) -> int:
         if "--dry-run" in flags:
             dry_run(config)
             return 0
-        train(config, resume="--resume" in flags)
+        train(config, resume="--resume" in flags, config_file=Path(path or QUICKSTART))
     except ConfigError as err:
         print(f"prpo train: error: {err}", file=sys.stderr)
         return 1

@@ -7,8 +7,10 @@ Adapters, chosen by `type` in a config: `step_tag` (Qwen2.5-Math-PRM family), `s
 
 from prpo.prm.base import (
     PRM_REGISTRY,
+    FunctionPRM,
     PRMError,
     ProcessRewardModel,
+    as_prm,
     check_inputs,
     load_prm,
     register_prm,
@@ -26,9 +28,11 @@ __all__ = [
     "ProcessRewardModel",
     "ArithmeticPRM",
     "CachedPRM",
+    "FunctionPRM",
     "RemotePRM",
     "ShepherdPRM",
     "StepTagPRM",
+    "as_prm",
     "check_inputs",
     "load_prm",
     "register_prm",

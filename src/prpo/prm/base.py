@@ -135,6 +135,29 @@ def load_prm(spec: str | Path | Mapping[str, Any]) -> ProcessRewardModel:
     return cls(build_config(cls.Config, fields, where=f"{source} (type {kind!r})"))
 
 
+class FunctionPRM:
+    """A plain function ``(problems, segments) -> scores`` as a `ProcessRewardModel`."""
+
+    def __init__(self, fn: Callable[[list[str], list[list[str]]], list[list[float]]]):
+        self.fn = fn
+        self.prm_id = f"function:{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+    def score(self, problems: list[str], segments: list[list[str]]) -> list[list[float]]:
+        return self.fn(problems, segments)
+
+
+def as_prm(value: Any) -> ProcessRewardModel:
+    """A PRM from a `load_prm` spec (name, mapping, config path), an object with ``score``, or a plain function."""
+    if isinstance(value, (str, Path, Mapping)):
+        return load_prm(value)
+    if callable(getattr(value, "score", None)):
+        return value
+    if callable(value):
+        return FunctionPRM(value)
+    raise PRMError(f"a PRM must be a load_prm spec, an object with score(problems, segments) or a function "
+                   f"(problems, segments) -> scores; got {type(value).__name__}")
+
+
 def build_config(config_cls: type, fields: Mapping[str, Any], where: str) -> Any:
     """Instantiate a config dataclass, rejecting unknown fields and values of the wrong type by name."""
     hints = typing.get_type_hints(config_cls)
