@@ -187,6 +187,51 @@ def render_problem(chain: Chain, name: str, items: str, rng: random.Random) -> s
     return " ".join(sentences)
 
 
+_PHRASES = (  # op, operand implied by the words (None: written as {n}), phrases
+    ("+", None, _ADD), ("-", None, _SUB), ("*", None, _MUL), ("*", 2, _DOUBLE), ("/", None, _DIV), ("/", 2, _HALF)
+)
+_OPENING = re.compile(r"\w+ has (?P<start>\d+) \w+\.")
+_GROUPED = re.compile(r"\w+ has (?P<start>\d+) bags with (?P<n>\d+) \w+ in each bag\.")
+_QUESTION = re.compile(r"How many \w+ does \w+ have now\?")
+
+
+def _phrase_pattern(template: str) -> re.Pattern[str]:
+    """A phrase of `render_problem` as a regex: `{n}` captures the operand, `{name}` / `{items}` match a word."""
+    fields = {"{n}": r"(?P<n>\d+)", "{name}": r"\w+", "{items}": r"\w+"}
+    return re.compile("".join(fields.get(part, re.escape(part)) for part in re.split(r"(\{\w+\})", template)))
+
+
+_STEP_PATTERNS = [(op, implied, _phrase_pattern(t)) for op, implied, templates in _PHRASES for t in templates]
+
+
+def parse_problem(problem: str) -> Chain | None:
+    """The chain told by a problem of `render_problem` (the inverse of it), or None for other text."""
+    sentences = re.split(r"(?<=[.?])\s+", problem.strip())
+    if len(sentences) < 2 or not _QUESTION.fullmatch(sentences[-1]):
+        return None
+    steps: list[Step] = []
+    if grouped := _GROUPED.fullmatch(sentences[0]):
+        start, operand = int(grouped["start"]), int(grouped["n"])
+        steps.append(Step("*", operand, start, start * operand))
+    elif opening := _OPENING.fullmatch(sentences[0]):
+        start = int(opening["start"])
+    else:
+        return None
+    value = steps[-1].after if steps else start
+    for sentence in sentences[1:-1]:
+        for op, implied, pattern in _STEP_PATTERNS:
+            if match := pattern.fullmatch(sentence):
+                operand = implied or int(match["n"])
+                break
+        else:
+            return None
+        if op == "/" and value % operand:
+            return None
+        steps.append(Step(op, operand, value, _apply(op, value, operand)))
+        value = steps[-1].after
+    return Chain(start, tuple(steps), bool(grouped)) if steps else None
+
+
 def split_of(chain: Chain) -> str:
     """`test` for TEST_PERCENT percent of all chains (by a hash of the solution), else `train`."""
     digest = hashlib.blake2b(chain.solution.encode(), digest_size=8).digest()
@@ -229,11 +274,15 @@ def answer_matches(response: str, gold: str) -> bool:
 
     The answer must start with a number (`14`, `14 apples`, `$1,400`, `14.0`).
     """
+    answer = final_number(response)
+    return answer is not None and answer == Fraction(gold)
+
+
+def final_number(response: str) -> Fraction | None:
+    """The number the response's final answer starts with, or None when it has no such answer."""
     answer = extract_final_answer(response)
     match = _NUMBER.match(answer) if answer is not None else None
-    if match is None:
-        return False
-    return Fraction(match.group(1).replace(",", "")) == Fraction(gold)
+    return None if match is None else Fraction(match.group(1).replace(",", ""))
 
 
 # ---------------------------------------------------------------------------------------------
