@@ -303,3 +303,13 @@ def test_an_unreadable_problem_falls_back_to_validity_with_one_log_line(ref, cap
     assert first == [[R, N, R, R], [W, W]]
     assert len(caplog.records) == 1 and "judged by validity only" in caplog.records[0].message
     assert PROBLEM[:40] in caplog.records[0].message
+
+
+def test_a_right_solution_cut_anywhere_has_no_wrong_segment_and_ends_right(ref):
+    # Entropy segments cut inside numbers and words; a number, equation or answer touching a cut is
+    # judged once the next segment shows how it goes on, so no cut can make a right step wrong.
+    text = "Mia has 3 + 8 = 11 stickers.\nThen twice that: 2 * 11 = 22\nAnswer: 22"
+    for i in range(1, len(text)):
+        for j in range(i + 1, min(i + 4, len(text))):  # short middle segments: two cuts in one number
+            scores = score(ref, [text[:i], text[i:j], text[j:]], MIA)
+            assert W not in scores and scores[-1] == R, (text[:i], text[i:j])

@@ -17,7 +17,8 @@ Two judgements (`mode`):
   - a number claimed outside an equation, in digits or words (`now has 12 stickers`, `twelve`),
     is nothing new when established, right when it is the result of a reference step whose inputs
     are established (a step done in the head), no evidence but established when it is a later
-    value of the chain, and wrong otherwise. List markers (`1.`, `Step 2`) are no claims;
+    value of the chain, and wrong otherwise. List markers (`1.`, `Step 2`) are no claims; a step
+    done again claims nothing new either;
   - a final answer (`Answer: N`, `\\boxed{N}`, `#### N`) is right when it is the gold (the
     chain's last value), else wrong;
   - a finished response (its last segment) without a final answer the grader can read as a
@@ -395,14 +396,14 @@ class ArithmeticPRM:
 
     @dataclass(frozen=True)
     class Config:
-        mode: Literal["reference", "validity"] = "reference"
+        mode: Literal["reference", "validity"] = "reference"  # see the module docstring
         right: float = 0.9
         wrong: float = 0.1
         no_evidence: float = 0.5
-        check_operands: bool = True
-        check_answer: bool = True
-        require_answer: bool = True
-        carry_right: bool = False
+        check_operands: bool = True  # validity mode: an equation's operands must be known
+        check_answer: bool = True  # validity mode: a final answer must be a known number
+        require_answer: bool = True  # a finished response without a final answer ends on `wrong`
+        carry_right: bool = False  # a segment without evidence of its own keeps `right` (the old rule)
         constants: tuple[float, ...] = (1, 2, 100)
         noise: float = 0.0
         seed: int = 0
@@ -417,7 +418,7 @@ class ArithmeticPRM:
     def __init__(self, config: Config | None = None):
         self.config = config or self.Config()
         self._constants = [Fraction(str(c)) for c in self.config.constants]
-        self._unread = 0
+        self._warned = False
 
     @property
     def prm_id(self) -> str:
@@ -430,15 +431,16 @@ class ArithmeticPRM:
             for problem in problems:
                 if problem not in references:
                     references[problem] = find_reference(problem)
-                    self._note_unread(problem, references[problem])
+                    if references[problem] is None:
+                        self._warn_unread(problem)
         return [
             self.score_response(problem, response, references.get(problem))
             for problem, response in zip(problems, segments)
         ]
 
     def score_response(self, problem: str, segments: list[str], reference: Reference | None = None) -> list[float]:
-        """One score per segment: the verdict on the text up to and including it (validity mode without a reference)."""
-        known = problem_numbers(problem) + self._constants + list(reference.given if reference else ())
+        """One score per segment: the verdict on the text up to and including it (by validity without a reference)."""
+        known = problem_numbers(problem) + self._constants
         scores, prefix, rights = [], "", 0
         for j, segment in enumerate(segments):
             prefix += segment
@@ -451,7 +453,8 @@ class ArithmeticPRM:
     def judge(self, text: str, known: list[Fraction], final: bool, reference: Reference | None = None) -> bool | None:
         """The verdict on the prefix `text`: False (an error), True (right evidence, no error) or None (no evidence).
 
-        `known`: the problem's numbers and the constants; `reference`: judge against it (else by validity).
+        `known`: the problem's numbers and the constants; `reference`: judge against it (else by validity),
+        e.g. `find_reference(problem)`.
         """
         error, rights = self.evidence(text, known, final, reference)
         return False if error else True if rights else None
@@ -461,7 +464,7 @@ class ArithmeticPRM:
     ) -> tuple[bool, int]:
         """(whether `text` holds an error, how many pieces of right evidence it holds)."""
         cfg = self.config
-        known = list(known)
+        known = list(known) + list(reference.given if reference is not None else ())
         progress = _Progress(reference, known) if reference is not None else None
         items: list[tuple[int, Equation | Claim | re.Match[str]]] = [(eq.end, eq) for eq in find_equations(text)]
         if reference is not None:
@@ -512,14 +515,13 @@ class ArithmeticPRM:
             return None  # an answer with no equation before it is mental arithmetic: no evidence
         return any(answer.matches(v) for v in known)
 
-    def _note_unread(self, problem: str, reference: Reference | None) -> None:
-        if reference is None:
-            if not self._unread:
-                LOG.warning(
-                    "arithmetic PRM: no reference parser (%s) reads problem %r; such problems are judged by "
-                    "validity only (logged once)", ", ".join(REFERENCE_PARSERS), problem[:120]
-                )
-            self._unread += 1
+    def _warn_unread(self, problem: str) -> None:
+        if not self._warned:
+            LOG.warning(
+                "arithmetic PRM: no reference parser (%s) reads problem %r; such problems are judged by "
+                "validity only (logged once)", ", ".join(REFERENCE_PARSERS), problem[:120]
+            )
+            self._warned = True
 
     def _noisy(self, verdict: bool | None, problem: str, prefix: str) -> float:
         cfg = self.config
