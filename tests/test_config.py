@@ -217,9 +217,13 @@ def test_shipped_configs_validate_and_the_paper_config_has_the_paper_settings():
     assert (args.num_generations, args.temperature, args.top_p) == (8, 1.0, 1.0)
     assert (args.max_prompt_length, args.max_completion_length, args.overlong_len) == (2048, 2048, 2048)
     assert (args.k, args.min_gap, args.normalization) == (5, 10, "fixed_prior")
-    # 128 prompts x 8 rollouts per optimiser step on one 8-GPU node, fully on-policy
-    assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 128 * 8
+    assert (args.use_bias_correction_kl, args.vllm_importance_sampling_correction) == (False, False)
+    # 128 prompts x 8 rollouts per optimiser step, fully on-policy: here (1 process) 16 rows x 64 micro-steps;
+    # on one 8-GPU node 16 x 8 x 8 = 1024, on 16 processes 16 x 16 x 4
+    assert (args.prompts_per_step, args.gradient_accumulation_steps, args.generation_batch_size) == (128, 64, 1024)
     assert args.steps_per_generation == args.gradient_accumulation_steps and args.num_iterations == 1
+    per_device = args.per_device_train_batch_size
+    assert [derive_accumulation(128, 8, per_device, n) for n in (8, 16)] == [8, 4]
 
 
 def test_dry_run_prints_the_resolved_config(tiny_causal_lm_dir, capsys):
@@ -241,6 +245,7 @@ def test_dry_run_of_the_paper_config_on_local_data(shared_data, capsys):
     out = capsys.readouterr()
     assert code == 0, out.err
     assert yaml.safe_load(out.out)["prm"]["model"] == "Qwen/Qwen2.5-Math-PRM-7B"
+    assert "# update: 128 prompts x 8 rollouts = 1024 rollouts per optimiser step (1 processes" in out.err
 
 
 @pytest.mark.parametrize(

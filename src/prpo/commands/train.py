@@ -23,7 +23,8 @@ USAGE = """usage: prpo train [CONFIG.yaml] [--key value ...] [--dry-run] [--resu
   CONFIG.yaml   run config (default: configs/quickstart.yaml, the offline SmolLM2 arithmetic run)
   --key value   override a config key; dotted keys reach into sections (--task.limit 8)
   --dry-run     validate the config, build the task, PRM spec and model path, print the resolved
-                config and exit (no weights are loaded)
+                config and exit (no weights are loaded); offline, it lists the hub datasets and
+                models a real run would download instead of failing on them
   --resume      continue from the last checkpoint in output_dir (optimizer, scheduler, RNG, data order)
 """
 
@@ -72,6 +73,27 @@ def resolve_policy(config: RunConfig) -> str:
         raise ConfigError("model.model_name_or_path", str(err)) from err
 
 
+def _is_cached(repo_id: str) -> bool:
+    """Whether the hub model `repo_id` is in the local Hugging Face cache (its config.json is)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _dry_run_task(section: TaskConfig, key: str, downloads: list[str]) -> str:
+    """Load a task section; a hub dataset that cannot be reached is listed in `downloads` instead."""
+    from prpo.tasks.sources import HubUnavailable
+
+    try:
+        task = load_task_section(section, key)
+    except ConfigError as err:
+        if not isinstance(err.__cause__, HubUnavailable):
+            raise
+        downloads.append(f"dataset {err.__cause__.dataset_id} ({err.__cause__.split})")
+        return f"{key} {section.name}: not checked (hub dataset {err.__cause__.dataset_id}, not reachable)"
+    return f"{key} {task.name}: {len(task)} problems"
+
+
 def _tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -79,14 +101,28 @@ def _tokenizer(path: str):
 
 
 def dry_run(config: RunConfig) -> None:
-    """Everything that needs no weights: task rows, PRM spec, model path, trainer arguments."""
-    task = load_task_section(config.task, "task")
+    """Everything that needs no weights: task rows, PRM spec, model path, trainer arguments.
+
+    What cannot be checked offline (a hub dataset not in the cache) and the hub models that are not
+    cached are reported as what a real run would download; everything else fails as a real run would.
+    """
+    downloads: list[str] = []
+    lines = [_dry_run_task(config.task, "task", downloads)]
     if config.eval_task is not None:
-        load_task_section(config.eval_task, "eval_task")
-    if config.training.prm is not None:
-        check_prm_spec(config.training.prm)
+        lines.append(_dry_run_task(config.eval_task, "eval_task", downloads))
     path = resolve_policy(config)
-    print(f"# task {task.name}: {len(task)} problems; policy: {path}", file=sys.stderr)
+    lines.append(f"policy: {path}")
+    lines.append(f"update: {config.training.batch_summary()}")
+    if not Path(path).is_dir() and not _is_cached(path):
+        downloads.append(f"model {path}")
+    prm = config.training.prm
+    if prm is not None:
+        check_prm_spec(prm)
+        model = prm.get("model")
+        if isinstance(model, str) and not Path(model).expanduser().is_dir() and not _is_cached(model):
+            downloads.append(f"PRM {model}")
+    lines.append("a real run downloads: " + (", ".join(downloads) if downloads else "nothing (all local or cached)"))
+    print("".join(f"# {line}\n" for line in lines), end="", file=sys.stderr)
     print(config.to_yaml(), end="")
 
 
