@@ -200,7 +200,7 @@ def test_issue_16_samples_are_wrong_where_the_old_judgement_paid_them(ref):
         ["3 + 8 = 11\n", "11 * 2 = 22\n", "Answer: 22"],
         ["8 + 3 = 11\n", "2 * 11 = 22\n", "Answer: 22"],  # both steps commuted
         ["8 + 3 = 11\n", "11 + 11 = 22\n", "Answer: 22"],  # doubling as a sum
-        ["1. (3 + 8) * 2 = 22\n", "Step 2: Answer: 22\n", "\\boxed{22}"],  # one line; list markers claim nothing
+        ["1. 3 + 8 = 11\n", "2. (3 + 8) * 2 = 22\n", "Step 3: \\boxed{22}"],  # list markers claim nothing
         ["Mia has 3 stickers and finds 8, so 11.\n", "11 * 2 = 22\n", "Answer: 22"],  # a step in the head
     ],
 )
@@ -248,6 +248,7 @@ def test_final_answer_is_judged_against_the_gold(ref):
     assert score(ref, ["3 + 8 = 11\n", "11 * 2 = 22\n", "Answer: 23"], MIA) == [R, R, W]
     assert score(ref, ["Answer: 22"], MIA) == [R]  # an answer without equations: the gold is checkable
     assert score(ref, ["Answer: 21"], MIA) == [W]
+    assert score(ref, ["Answer: 22\n", "Answer: 22\n", "\\boxed{22}"], MIA) == [R, N, N]  # said again: nothing new
     assert score(ref, ["3 + 8 = 11\n", "11 * 2 = 22\n", "Answer: Mia has 22"], MIA) == [R, R, W]  # no number
     # without the reference an answer with no equation before it is no evidence
     assert score(load_prm({"type": "arithmetic", "mode": "validity"}), ["Answer: 22"], MIA) == [N]

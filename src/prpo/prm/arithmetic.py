@@ -20,7 +20,7 @@ Two judgements (`mode`):
     value of the chain, and wrong otherwise. List markers (`1.`, `Step 2`) are no claims; a step
     done again claims nothing new either;
   - a final answer (`Answer: N`, `\\boxed{N}`, `#### N`) is right when it is the gold (the
-    chain's last value), else wrong;
+    chain's last value; the same answer again is nothing new), else wrong;
   - a finished response (its last segment) without a final answer the grader can read as a
     number, or whose final answer is not the gold, ends on a wrong segment.
   A problem no parser reads is judged in `validity` mode, said once in the log.
@@ -476,7 +476,7 @@ class ArithmeticPRM:
             if end == len(text) and not final:
                 continue  # may go on in the next segment
             if isinstance(item, re.Match):
-                verdict = self._answer(item, known, reference, rights > 0)
+                verdict = self._answer(item, known, progress, rights > 0)
             elif progress is None:
                 verdict = self._valid(item, known)
             elif isinstance(item, Claim):
@@ -503,14 +503,13 @@ class ArithmeticPRM:
         known.extend(v for v in equation.sides if v is not None)
         return True
 
-    def _answer(
-        self, match: re.Match[str], known: list[Fraction], reference: Reference | None, evidence: bool
-    ) -> bool | None:
+    @staticmethod
+    def _answer(match: re.Match[str], known: list[Fraction], progress: _Progress | None, evidence: bool) -> bool | None:
         if match.group(0).lstrip().startswith("\\boxed") and match.group("close") is None:
             return None  # `\boxed{14` without its brace is not an answer yet
         answer = parse_number(match.group("num"))
-        if reference is not None:
-            return answer.matches(reference.answer)
+        if progress is not None:
+            return progress.answer(answer)
         if not evidence:
             return None  # an answer with no equation before it is mental arithmetic: no evidence
         return any(answer.matches(v) for v in known)
@@ -538,7 +537,15 @@ class _Progress:
     """What a response has established against a reference: values known so far and steps done."""
 
     def __init__(self, reference: Reference, known: Iterable[Fraction]):
-        self.reference, self.known, self.done = reference, list(known), set()
+        self.reference, self.known, self.done, self.answered = reference, list(known), set(), False
+
+    def answer(self, number: Number) -> bool | None:
+        """A final answer: right if it is the gold (no evidence when given again), else wrong."""
+        if not number.matches(self.reference.answer):
+            return False
+        verdict = None if self.answered else True
+        self.answered = True
+        return verdict
 
     def _step(self, value: Fraction) -> int | None:
         """A step that gives `value` from known inputs (one not done yet first), or None."""
