@@ -1,7 +1,7 @@
-"""Straightforward per-row implementations of ALGORITHM.md sections 2 and 4, in plain Python.
+"""Straightforward per-row implementations of ALGORITHM.md sections 2, 4 and 8, in plain Python.
 
 They follow the text line by line, with no vectorisation, and exist to check the fast
-implementations in ``prpo.segmentation`` and ``prpo.advantages`` (tests, benchmarks).
+implementations in ``prpo.segmentation``, ``prpo.advantages`` and ``prpo.filters`` (tests, benchmarks).
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ def advantage_colour(value: float | None, scale: float = 3.0) -> str:
 def sample_html(sample: dict[str, Any]) -> str:
     """One response: each segment coloured by its mean advantage, with its PRM score and a boundary mark."""
     verdict = "correct" if sample.get("correct") else "wrong"
+    dropped = sample.get("kept") is False  # the rollout filter (e.g. PROF's) left it out of the loss
     parts = []
     for index, segment in enumerate(sample.get("segments", [])):
         score = segment.get("prm_score")
@@ -78,8 +79,10 @@ def sample_html(sample: dict[str, Any]) -> str:
             f'<sup class="badge">{index}: {badge}, A={advantage:+.2f}</sup>{html.escape(segment.get("text", ""))}</span>'
         )
     return (
-        f'<div class="sample {verdict}"><div class="head">step {sample.get("step")} · prompt {html.escape(str(sample.get("prompt_id")))}'
-        f' · <b>{verdict}</b> · reward {sample.get("reward", 0):+.2f} · {sample.get("length")} tokens · gold '
+        f'<div class="sample {verdict}{" dropped" if dropped else ""}"><div class="head">step {sample.get("step")} · '
+        f'prompt {html.escape(str(sample.get("prompt_id")))} · <b>{verdict}</b>'
+        f'{" · <b>dropped by the filter</b> (no gradient)" if dropped else ""}'
+        f' · reward {sample.get("reward", 0):+.2f} · {sample.get("length")} tokens · gold '
         f'<code>{html.escape(str(sample.get("answer")))}</code></div>'
         f'<div class="problem">{html.escape(str(sample.get("problem", "")))}</div>'
         f'<pre class="response">{"".join(parts)}</pre></div>'
@@ -110,6 +113,7 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px}
 .sample{border:1px solid #ddd;border-radius:6px;margin:1em 0;padding:.6em}
 .sample.correct{border-left:6px solid #2a2}.sample.wrong{border-left:6px solid #c33}
+.sample.dropped{opacity:.55;border-style:dashed}
 .head{font-size:90%;color:#333}.problem{margin:.4em 0;color:#555}
 .response{white-space:pre-wrap;font-size:95%;line-height:2.1}
 .seg{border-left:2px solid #333;padding:1px 2px;margin-left:1px}

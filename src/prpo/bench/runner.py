@@ -28,7 +28,7 @@ from prpo.bench.policy import SIZES as POLICY_SIZES
 from prpo.bench.policy import PolicySize, load_char_tokenizer
 from prpo.metrics import read_jsonl
 
-METHODS = ("grpo", "dr_grpo", "prpo", "process_only", "prm_avg", "pure")
+METHODS = ("grpo", "dr_grpo", "prpo", "process_only", "prm_avg", "pure", "prof", "prpo_prof")
 DEFAULT_FAMILY = "prpo.bench.data:ARITHMETIC"
 EVAL_FILE = "eval.jsonl"
 
@@ -258,11 +258,18 @@ def run_bench(size_name: str, results: Path, *, family: str = DEFAULT_FAMILY, le
         print(f"warm start done after {time.perf_counter() - start:.0f} s; {len(specs)} RL runs to go"
               f" ({len(done)} already complete)", flush=True)
         futures = {pool.submit(run_one, spec, threads): spec for spec in specs}
+        failed = []
         with tqdm(total=len(futures), desc="RL runs", unit="run") as bar:
             for future in as_completed(futures):
-                future.result()
                 spec = futures[future]
-                bar.set_postfix_str(f"{spec.level}/{spec.quality}/{spec.method}/seed-{spec.seed}")
+                name = f"{spec.level}/{spec.quality}/{spec.method}/seed-{spec.seed}"
+                if future.exception() is not None:  # the other runs go on; a rerun retries this one
+                    failed.append(f"{name}: {type(future.exception()).__name__}: {future.exception()}")
+                    print(f"run {failed[-1]}", flush=True)
+                bar.set_postfix_str(name)
                 bar.update()
     print(f"benchmark matrix of {len(specs)} runs finished in {time.perf_counter() - start:.0f} s")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(specs)} runs failed (rerun into {results} to retry them):\n"
+                           + "\n".join(failed))
     return results

@@ -1,0 +1,229 @@
+"""Rollout filters: a stage between PRM scoring and the advantages that keeps some rollouts of each group.
+
+A filter maps the outcomes ``correct[B]``, prompt ids ``group_ids[B]``, the response mask ``M[B, T]``
+and, for PRM filters, token scores ``P[B, T]`` and segment ids ``S[B, T]`` to ``keep[B]``. The
+advantage method then runs on the kept rollouts only; the dropped ones get advantage 0 and leave
+the loss (the trainer masks them). Filters live in a registry, like the advantage methods:
+
+    @register_filter("my_filter", uses_prm=False)
+    def my_filter(inputs: FilterInputs, *, keep: int | None = None) -> FilterResult: ...
+
+    apply_filter("consistency", correct=c, group_ids=g, mask=M, token_scores=P, segment_ids=S, keep=4)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from prpo.advantages import AdvantageInputs, compute_advantages, group_index
+from prpo.advantages import _validate as validate_inputs  # the advantages' checks: shapes, ids, scores in [0, 1]
+
+
+@dataclass(frozen=True)
+class FilterInputs:
+    """Validated inputs of one batch: correct[B] (bool), group ids[B], mask[B, T] (bool), P[B, T], S[B, T]."""
+
+    correct: Tensor
+    group_ids: Tensor
+    mask: Tensor
+    token_scores: Tensor | None = None
+    segment_ids: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """``keep[B]`` (bool) and per-rollout diagnostics ``scores[name][B]`` the filter ranked by."""
+
+    keep: Tensor
+    scores: dict[str, Tensor]
+
+    def metrics(self, correct: Tensor) -> dict[str, float]:
+        """Kept fraction, kept correct / wrong counts, and each score's mean over kept and dropped rollouts.
+
+        A mean over an empty set (nothing dropped) is left out rather than logged as NaN.
+        """
+        correct = correct.bool()
+        out = {
+            "filter/kept_frac": self.keep.float().mean().item(),
+            "filter/kept_correct": float((self.keep & correct).sum()),
+            "filter/kept_wrong": float((self.keep & ~correct).sum()),
+        }
+        for name, values in self.scores.items():
+            for label, rows in (("kept", self.keep), ("dropped", ~self.keep)):
+                if rows.any():
+                    out[f"filter/{name}_{label}"] = values[rows].float().mean().item()
+        return out
+
+
+@dataclass(frozen=True)
+class RolloutFilter:
+    """A registered filter: the function and whether it consumes PRM scores."""
+
+    name: str
+    fn: Callable[..., FilterResult]
+    uses_prm: bool
+
+    def options(self) -> dict[str, object]:
+        """Keyword options the filter takes, with their defaults."""
+        params = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+FILTERS: dict[str, RolloutFilter] = {}
+
+
+def register_filter(name: str, *, uses_prm: bool) -> Callable[[Callable[..., FilterResult]], Callable[..., FilterResult]]:
+    """Register ``fn(inputs: FilterInputs, *, **options) -> FilterResult`` under ``name``."""
+
+    def decorator(fn: Callable[..., FilterResult]) -> Callable[..., FilterResult]:
+        if name in FILTERS:
+            raise ValueError(f"filter {name!r} is already registered")
+        FILTERS[name] = RolloutFilter(name, fn, uses_prm)
+        return fn
+
+    return decorator
+
+
+def get_filter(name: str) -> RolloutFilter:
+    """The registered filter ``name``; a clear error listing the known ones otherwise."""
+    if name not in FILTERS:
+        raise ValueError(f"unknown filter {name!r}; known: {', '.join(sorted(FILTERS))}")
+    return FILTERS[name]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def step_scores(token_scores: Tensor, segment_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per response: ``sum_j s_ij`` over its segments (float64) and the segment count ``J_i``.
+
+    ``s_ij`` is read at the first token of segment j (every token of a segment carries its score).
+    """
+    starts = mask.clone()
+    starts[:, 1:] &= segment_ids[:, 1:] != segment_ids[:, :-1]
+    total = torch.where(starts, token_scores.double(), 0.0).sum(dim=1)
+    return total, starts.sum(dim=1)
+
+
+def removal_counts(n_correct: Tensor, n_wrong: Tensor, remove: Tensor) -> tuple[Tensor, Tensor]:
+    """PROF's split of ``r`` removals between the correct and the wrong rollouts of each group.
+
+    ``r+ = min(r, round((n+ - n- + r) / 2))`` (half to even), removed from the correct ones but never
+    more than ``n+`` nor fewer than 0; the other ``r - r+`` come from the wrong ones (at most ``n-``).
+    """
+    wanted = torch.minimum(remove, torch.round((n_correct - n_wrong + remove) / 2))  # torch.round: half to even
+    from_correct = torch.minimum(wanted.clamp(min=0), n_correct)
+    from_wrong = torch.minimum(remove - from_correct, n_wrong)
+    return from_correct, from_wrong
+
+
+def lowest_in_block(values: Tensor, block: Tensor, quota: Tensor) -> Tensor:
+    """``True`` for the ``quota[b]`` lowest ``values`` of each block ``b``; ties: the earlier row first."""
+    order = torch.sort(values, stable=True).indices
+    order = order[torch.sort(block[order], stable=True).indices]
+    counts = torch.bincount(block, minlength=quota.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(block)
+    rank[order] = torch.arange(block.numel(), device=block.device) - starts[block[order]]
+    return rank < quota[block]
+
+
+# ----------------------------------------------------------------------------- filters
+
+
+@register_filter("consistency", uses_prm=True)
+def consistency(
+    inputs: FilterInputs,
+    *,
+    keep: int | None = None,
+    step_penalty: float = 0.0,
+    min_steps: int = 2,
+    max_steps: int = 30,
+) -> FilterResult:
+    """PROF's process consistency filter (Ye et al., arXiv 2509.03403), ALGORITHM.md section 8.
+
+    Consistency of response i with step scores ``s_i1..s_iJ`` and outcome ``o_i`` (1 correct, 0 wrong):
+    ``c_i = mean_j (2 s_ij - 1) (2 o_i - 1)``, minus ``step_penalty`` when ``J < min_steps`` or
+    ``J > max_steps``. Each group of G rollouts drops ``r = G - keep``: with ``n+`` correct and ``n-``
+    wrong, ``r+ = min(r, round((n+ - n- + r) / 2))`` (half to even) correct ones are dropped, lowest
+    ``c`` first and at most ``n+`` (none when ``r+ <= 0``), the rest from the wrong ones, lowest ``c``
+    first. Ties in ``c``: the earlier rollout of the group goes first (a stable sort, as the authors').
+
+    Options: ``keep`` rollouts per group (default ``max(1, G // 2)``: 4 of 8 as in the paper; a group
+    of ``keep`` or fewer is kept whole); ``step_penalty`` (default 0: off), ``min_steps`` (2) and
+    ``max_steps`` (30) of the step-count penalty. Diagnostics: ``consistency`` ``c_i`` and
+    ``process_score`` ``mean_j s_ij``.
+    """
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"filter 'consistency': keep must be an integer >= 1, got {keep!r}")
+    if inputs.token_scores is None or inputs.segment_ids is None:
+        raise ValueError("filter 'consistency' needs token_scores and segment_ids (a PRM score per segment)")
+    total, steps = step_scores(inputs.token_scores, inputs.segment_ids, inputs.mask)
+    if (steps == 0).any():
+        raise ValueError(f"filter 'consistency': response {int((steps == 0).nonzero()[0])} has no valid tokens")
+    process = total / steps
+    sign = torch.where(inputs.correct, 1.0, -1.0).double()
+    score = (2 * process - 1) * sign
+    score = score - step_penalty * ((steps < min_steps) | (steps > max_steps)).double()
+
+    index, n_groups = group_index(inputs.group_ids)
+    size = torch.bincount(index, minlength=n_groups)
+    n_correct = torch.bincount(index, weights=inputs.correct.double(), minlength=n_groups)
+    kept = (size // 2).clamp(min=1) if keep is None else torch.full_like(size, keep).clamp(max=size)
+    from_correct, from_wrong = removal_counts(n_correct, size.double() - n_correct, (size - kept).double())
+    quota = torch.stack([from_wrong, from_correct], dim=1).flatten().long()  # block 2g: wrong, 2g + 1: correct
+    dropped = lowest_in_block(score, 2 * index + inputs.correct.long(), quota)
+    return FilterResult(~dropped, {"consistency": score.float(), "process_score": process.float()})
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def advantages_on_kept(
+    method: str,
+    keep: Tensor,
+    *,
+    outcome_rewards: Tensor,
+    group_ids: Tensor,
+    mask: Tensor,
+    token_scores: Tensor | None = None,
+    segment_ids: Tensor | None = None,
+    **options: object,
+) -> Tensor:
+    """``A[B, T]`` of ``method`` run on the kept rows only (its group statistics too); 0 on the dropped rows."""
+
+    def rows(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor[keep]
+
+    advantages = torch.zeros(mask.shape, device=mask.device)
+    advantages[keep] = compute_advantages(
+        method, outcome_rewards=outcome_rewards[keep], group_ids=group_ids[keep], mask=mask[keep],
+        token_scores=rows(token_scores), segment_ids=rows(segment_ids), **options,
+    )
+    return advantages
+
+
+def apply_filter(
+    name: str,
+    *,
+    correct: Tensor,
+    group_ids: Tensor,
+    mask: Tensor,
+    token_scores: Tensor | None = None,
+    segment_ids: Tensor | None = None,
+    **options: object,
+) -> FilterResult:
+    """``keep[B]`` of the registered filter ``name`` and its diagnostics."""
+    entry = get_filter(name)
+    known = entry.options()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"filter {name!r} does not take option(s) {unknown}; it takes: {', '.join(known) or 'none'}")
+    validate_inputs(AdvantageInputs(correct.float(), group_ids, mask.bool(), token_scores, segment_ids))  # R := o
+    inputs = FilterInputs(correct.bool(), group_ids, mask.bool(), token_scores, segment_ids)
+    return entry.fn(inputs, **options)
