@@ -148,6 +148,14 @@ def test_prompts_per_step_sets_the_update_on_this_launch():
     assert args.batch_summary().startswith("128 prompts x 8 rollouts = 1024 rollouts per optimiser step (1 processes")
 
 
+@pytest.mark.parametrize("segmenter, separator_ends", [("marker", True), ("entropy", False), ("fixed", False)])
+def test_pure_gets_the_outcome_values_and_the_segmenters_separator_ends(segmenter, separator_ends):
+    args = PRPOConfig(**{**PYTHON_BASE, "method": "pure", "segmenter": segmenter, "wrong_reward": 0.0,
+                         "advantage_options": {"tau": 0.2}})
+    assert args.advantage_kwargs() == {"correct_reward": 1.0, "wrong_reward": 0.0, "separator_ends": separator_ends,
+                                       "tau": 0.2}
+
+
 def test_kl_and_vllm_correction_defaults_are_the_papers():
     args = PRPOConfig(**PYTHON_BASE)
     # plain k3 as a loss term (no importance weight on the KL); no vLLM importance-sampling correction
