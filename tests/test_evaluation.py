@@ -138,14 +138,14 @@ class AnswerKeyGenerator:
 
 
 @pytest.fixture(scope="module")
-def math_task(shared_data):
-    return load_task("math500", data_file=shared_data / "math500.jsonl", limit=8)
+def math_task(fixture_data):
+    return load_task("math500", data_file=fixture_data / "math500.jsonl")  # 5 problems, 4 subjects
 
 
 def test_evaluate_pairs_every_response_with_its_own_gold(math_task, qwen_tokenizer):
     examples = math_task.examples
     # problem i: right, wrong, no answer, unparsable ($$), truncated ...; shuffle-proof by content
-    plans = ["right", "wrong", "none", "unparsable", "right", "truncated", "right", "wrong"]
+    plans = ["right", "wrong", "none", "unparsable", "truncated"]
     texts = {
         "right": lambda e: f"So the answer is \\boxed{{{e.answer}}}.",
         "wrong": lambda e: "The answer is \\boxed{-12345}.",
@@ -160,14 +160,14 @@ def test_evaluate_pairs_every_response_with_its_own_gold(math_task, qwen_tokeniz
     assert [r["id"] for r in result.records] == [e.id for e in examples]
     assert all(r["gold"] == e.answer and e.problem in r["prompt"] for r, e in zip(result.records, examples))
     assert result.records[0]["extracted_answer"] == examples[0].answer
-    assert s["accuracy"] == 3 / 8 and s["correct"] == 3 and s["pass_at_k"] == {1: 3 / 8}
-    assert s["accuracy_ci95"] == pytest.approx(list(accuracy_interval(3, 8)))
-    assert s["no_final_answer_fraction"] == 2 / 8  # "none" and the truncated "..."
+    assert s["accuracy"] == 1 / 5 and s["correct"] == 1 and s["pass_at_k"] == {1: 1 / 5}
+    assert s["accuracy_ci95"] == pytest.approx(list(accuracy_interval(1, 5)))
+    assert s["no_final_answer_fraction"] == 2 / 5  # "none" and the truncated "..."
     assert s["unparsable_answers"] == 1
-    assert s["truncated_fraction"] == 1 / 8
+    assert s["truncated_fraction"] == 1 / 5
     assert s["response_tokens"]["max"] == max(len(t[0]) for t in recipes.values())
     subjects = [e.meta["subject"] for e in examples]
-    assert sum(g["problems"] for g in s["by_subject"].values()) == 8
+    assert sum(g["problems"] for g in s["by_subject"].values()) == 5 and s["by_subject"]["Algebra"]["problems"] == 2
     for subject, group in s["by_subject"].items():
         members = [p for p, sub in zip(plans, subjects) if sub == subject]
         assert group == {"problems": len(members), "accuracy": members.count("right") / len(members)}
@@ -193,12 +193,12 @@ def test_evaluate_with_samples_reports_mean_and_unbiased_pass_at_k(math_task, qw
     assert metrics["eval/pass@4"] == pytest.approx(2 / 3) and metrics["eval/accuracy"] == 5 / 12
 
 
-def test_evaluate_model_restores_training_mode(tiny_causal_lm_dir, qwen_tokenizer, shared_data):
+def test_evaluate_model_restores_training_mode(tiny_causal_lm_dir, qwen_tokenizer, fixture_data):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir)
     model.train()
-    task = load_task("gsm8k", data_file=shared_data / "gsm8k_test.jsonl", limit=3)
+    task = load_task("gsm8k", data_file=fixture_data / "gsm8k_test.jsonl", limit=3)
     result = evaluate_model(model, qwen_tokenizer, task, max_new_tokens=4, batch_size=2, progress=False)
     assert model.training
     assert isinstance(result, EvalResult) and len(result.records) == 3
@@ -223,13 +223,13 @@ def run_eval(model_dir: Path, out: Path, *args: str) -> int:
 
 
 @pytest.mark.parametrize(("benchmark", "file"), BENCHMARK_FILES)
-def test_prpo_eval_end_to_end(benchmark, file, tiny_causal_lm_dir, shared_data, tmp_path, capsys):
-    data = ["--data-file", str(shared_data / file)] if file else []
-    assert run_eval(tiny_causal_lm_dir, tmp_path, "--benchmark", benchmark, "--limit", "10", *data) == 0
+def test_prpo_eval_end_to_end(benchmark, file, tiny_causal_lm_dir, fixture_data, tmp_path, capsys):
+    data = ["--data-file", str(fixture_data / file)] if file else []  # 3 to 5 rows each
+    assert run_eval(tiny_causal_lm_dir, tmp_path, "--benchmark", benchmark, "--limit", "3", *data) == 0
     printed = capsys.readouterr().out
-    assert f"{benchmark} (10 problems)" in printed and "accuracy" in printed and "no final answer" in printed
+    assert f"{benchmark} (3 problems)" in printed and "accuracy" in printed and "no final answer" in printed
 
-    expected = load_task(benchmark, data_file=shared_data / file if file else None, split=None if file else "test", limit=10)
+    expected = load_task(benchmark, data_file=fixture_data / file if file else None, split=None if file else "test", limit=3)
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [e.id for e in expected.examples]
     assert [r["gold"] for r in records] == [e.answer for e in expected.examples]
@@ -239,15 +239,15 @@ def test_prpo_eval_end_to_end(benchmark, file, tiny_causal_lm_dir, shared_data, 
         assert 1 <= record["num_tokens"] <= 6 and record["finish_reason"] in {"stop", "length"}
         assert record["correct"] is False  # a random 2-layer model does not solve math
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["benchmark"] == benchmark and summary["num_problems"] == 10 and summary["samples"] == 1
+    assert summary["benchmark"] == benchmark and summary["num_problems"] == 3 and summary["samples"] == 1
     assert summary["accuracy"] == 0.0 and summary["pass_at_k"] == {"1": 0.0}
     assert 0.0 <= summary["no_final_answer_fraction"] <= 1.0
     assert summary["response_tokens"]["max"] <= 6 and summary["max_new_tokens"] == 6
     assert ("by_subject" in summary) == (file == "math500.jsonl")
 
 
-def test_prpo_eval_with_samples(tiny_causal_lm_dir, shared_data, tmp_path, capsys):
-    args = ["--benchmark", "gsm8k", "--data-file", str(shared_data / "gsm8k_test.jsonl"), "--limit", "3"]
+def test_prpo_eval_with_samples(tiny_causal_lm_dir, fixture_data, tmp_path, capsys):
+    args = ["--benchmark", "gsm8k", "--data-file", str(fixture_data / "gsm8k_test.jsonl"), "--limit", "3"]
     assert run_eval(tiny_causal_lm_dir, tmp_path, *args, "--samples", "4", "--temperature", "1.0") == 0
     assert "pass@4" in capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -255,7 +255,7 @@ def test_prpo_eval_with_samples(tiny_causal_lm_dir, shared_data, tmp_path, capsy
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 12
 
 
-def test_prpo_eval_bad_input_gives_clear_errors(tiny_causal_lm_dir, shared_data, tmp_path, capsys):
+def test_prpo_eval_bad_input_gives_clear_errors(tiny_causal_lm_dir, fixture_data, tmp_path, capsys):
     def error(*args: str, model: Path = tiny_causal_lm_dir) -> tuple[int, str]:
         code = run_eval(model, tmp_path / "out", *args)
         return code, capsys.readouterr().err
@@ -279,7 +279,7 @@ def test_prpo_eval_bad_input_gives_clear_errors(tiny_causal_lm_dir, shared_data,
     no_tokenizer.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny_causal_lm_dir / name, no_tokenizer / name)
-    code, err = error("--benchmark", "math500", "--data-file", str(shared_data / "math500.jsonl"), "--limit", "2", model=no_tokenizer)
+    code, err = error("--benchmark", "math500", "--data-file", str(fixture_data / "math500.jsonl"), "--limit", "2", model=no_tokenizer)
     assert code == 1 and "has no tokenizer" in err
 
     code, err = error("--benchmark", "arithmetic", "--samples", "4")

@@ -63,6 +63,21 @@ def test_extract_final_answer(text, expected):
 # grading
 
 
+def test_fixture_answers_verify_against_themselves_and_not_each_other(fixture_data):
+    # Every format's golds: MATH (tuple, \\text{}, fractions), GSM8K (the number after ####), AIME, AMC.
+    golds = [json.loads(line)["answer"] for line in (fixture_data / "math500.jsonl").read_text().splitlines()]
+    golds += [json.loads(line)["answer"].split("####")[-1].strip().replace(",", "")
+              for line in (fixture_data / "gsm8k_test.jsonl").read_text().splitlines()]
+    golds += [row["final_answer"] for row in json.loads((fixture_data / "math_train_answers.json").read_text())
+              if row["final_answer"]]
+    assert len(golds) == 13 and golds[8] == "2125"
+    before = grading_stats()
+    assert is_correct_many([f"The answer is $\\boxed{{{gold}}}$." for gold in golds], golds) == [True] * 13
+    shifted = golds[1:] + golds[:1]  # each response against the next problem's gold
+    assert is_correct_many([f"\\boxed{{{gold}}}" for gold in golds], shifted) == [False] * 13
+    assert _delta(before)["graded"] == 26 and _delta(before)["correct"] == 13
+
+
 def test_math500_answers_verify_against_themselves(shared_data):
     golds = [json.loads(line)["answer"] for line in (shared_data / "math500.jsonl").read_text().splitlines()]
     assert len(golds) == 500

@@ -22,7 +22,65 @@ def _file_rows(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# the shared benchmark files
+# every file format, on a few rows of each (tests/fixtures/data)
+
+
+def test_math500_rows_from_the_fixture(fixture_data):
+    task = load_task("math500", data_file=fixture_data / "math500.jsonl")
+    rows = _file_rows(fixture_data / "math500.jsonl")
+    assert len(task) == 5 and task.template == "qwen_boxed"
+    first = task.examples[0]
+    assert first.id == rows[0]["unique_id"] == "test/precalculus/807.json"
+    assert first.problem == rows[0]["problem"]  # verbatim: the PRM sees the dataset's text
+    assert first.answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert first.meta["level"] == rows[0]["level"] and first.meta["solution"] == rows[0]["solution"]
+    assert task.examples[3].answer == "\\text{Evelyn}"
+    assert [e.meta["subject"] for e in task.examples] == [
+        "Precalculus", "Intermediate Algebra", "Algebra", "Algebra", "Prealgebra"]
+
+
+def test_default_files_from_data_dir_and_env_on_fixtures(fixture_data, monkeypatch):
+    assert len(load_task("math500", data_dir=fixture_data)) == 5
+    monkeypatch.setenv("PRPO_DATA_DIR", str(fixture_data))
+    assert [e.answer for e in load_task("aime24").examples] == ["204", "25", "45"]  # "025", "045" in the file
+    assert len(load_task("gsm8k", split="train")) == 3 and len(load_task("gsm8k", split="test", limit=2)) == 2
+    assert load_task("math", split="test", limit=3).examples[0].id == "test/precalculus/807.json"
+    with pytest.warns(UserWarning, match="skipped 1 bad row"):
+        assert len(load_task("math", split="train", skip_bad_rows=True)) == 4
+
+
+def test_math_train_json_list_with_an_empty_answer(fixture_data):
+    path = fixture_data / "math_train_answers.json"
+    # The 4th object of the list opens on line 14 (1 + 4 lines per object before it).
+    with pytest.raises(ValueError, match=r"math_train_answers\.json line 14: field 'final_answer' is empty"):
+        load_task("math", data_file=path)
+    with pytest.warns(UserWarning, match="skipped 1 bad row"):
+        task = load_task("math", data_file=path, skip_bad_rows=True)
+    assert [e.answer for e in task.examples] == ["\\frac{1}{4}", "3003", "609", "\\frac{11}{36}"]
+    assert [e.id for e in task.examples] == ["math-0", "math-1", "math-2", "math-4"]  # ids keep the row index
+    assert task.examples[0].problem.startswith("A board game spinner is divided into three parts")
+
+
+def test_gsm8k_gold_from_the_fixture(fixture_data):
+    task = load_task("gsm8k", data_file=fixture_data / "gsm8k_test.jsonl")
+    rows = _file_rows(fixture_data / "gsm8k_test.jsonl")
+    assert [e.answer for e in task.examples] == ["18", "3", "540", "2125"]  # "#### 2,125" in the last row
+    assert task.examples[0].problem == rows[0]["question"]
+    assert task.examples[0].meta["solution"].endswith("18 every day at the farmer\u2019s market.")
+    assert all(is_correct_many([f"\\boxed{{{e.answer}}}" for e in task.examples], [e.answer for e in task.examples]))
+
+
+def test_aime_and_amc_answers_from_the_fixtures(fixture_data):
+    aime = load_task("aime24", data_file=fixture_data / "aime24.jsonl")
+    amc = load_task("amc23", data_file=fixture_data / "amc23.jsonl")
+    assert [e.answer for e in aime.examples] == ["204", "25", "45"]
+    assert [e.answer for e in amc.examples] == ["27", "36", "45", "3159", "-1"]  # 27.0 ... -1.0 in the file
+    assert aime.examples[0].id == "60" and "url" in aime.examples[0].meta
+    assert [e.id for e in amc.examples] == ["0", "1", "2", "3", "17"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the full benchmark files (extra checks where ../shared/data exists)
 
 
 def test_math500_from_file(shared_data):
@@ -182,19 +240,19 @@ def test_duplicate_ids_name_both_lines(tmp_path):
         load_task("aime24", data_file=path)
 
 
-def test_bad_arguments(tmp_path, shared_data):
+def test_bad_arguments(tmp_path, fixture_data):
     with pytest.raises(ValueError, match="unknown task 'nope'; registered: .*'gsm8k'"):
         load_task("nope")
     with pytest.raises(ValueError, match="task 'math500'.*unexpected keyword argument 'seed'"):
-        load_task("math500", data_file=shared_data / "math500.jsonl", seed=3)
+        load_task("math500", data_file=fixture_data / "math500.jsonl", seed=3)
     with pytest.raises(ValueError, match="limit must be a positive integer"):
-        load_task("math500", data_file=shared_data / "math500.jsonl", limit=0)
+        load_task("math500", data_file=fixture_data / "math500.jsonl", limit=0)
     with pytest.raises(ValueError, match="not both"):
-        load_task("math500", data_file=shared_data / "math500.jsonl", dataset_id="HuggingFaceH4/MATH-500")
+        load_task("math500", data_file=fixture_data / "math500.jsonl", dataset_id="HuggingFaceH4/MATH-500")
     with pytest.raises(ValueError, match="no default data for split 'validation'"):
         load_task("gsm8k", split="validation")
     with pytest.raises(ValueError, match="unknown prompt template 'nope'"):
-        load_task("math500", data_file=shared_data / "math500.jsonl", template="nope")
+        load_task("math500", data_file=fixture_data / "math500.jsonl", template="nope")
 
 
 def test_dataset_id_goes_through_datasets_load_dataset(tmp_path):
@@ -213,8 +271,8 @@ def test_dataset_id_goes_through_datasets_load_dataset(tmp_path):
 # prompts, datasets, grading
 
 
-def test_qwen_boxed_prompt_forms(shared_data, qwen_tokenizer_dir):
-    task = load_task("math500", data_file=shared_data / "math500.jsonl", limit=2)
+def test_qwen_boxed_prompt_forms(fixture_data, qwen_tokenizer_dir):
+    task = load_task("math500", data_file=fixture_data / "math500.jsonl", limit=2)
     example = task.examples[1]
     assert task.prompt(example) == [
         {"role": "system", "content": QWEN_MATH_SYSTEM},
@@ -229,8 +287,8 @@ def test_qwen_boxed_prompt_forms(shared_data, qwen_tokenizer_dir):
     assert task.prompt(example, tokenizer) == expected
 
 
-def test_chat_template_puts_the_instruction_in_the_user_turn(shared_data, qwen_tokenizer):
-    task = load_task("math500", data_file=shared_data / "math500.jsonl", limit=1, template="chat")
+def test_chat_template_puts_the_instruction_in_the_user_turn(fixture_data, qwen_tokenizer):
+    task = load_task("math500", data_file=fixture_data / "math500.jsonl", limit=1, template="chat")
     problem = task.examples[0].problem
     (message,) = task.prompt(task.examples[0])
     assert message == {"role": "user", "content": f"{problem}\n\n{QWEN_MATH_SYSTEM}"}
@@ -238,13 +296,13 @@ def test_chat_template_puts_the_instruction_in_the_user_turn(shared_data, qwen_t
     assert rendered.endswith(f"<|im_start|>user\n{problem}\n\n{QWEN_MATH_SYSTEM}<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_to_dataset_has_the_columns_trl_and_the_trainer_use(shared_data):
+def test_to_dataset_has_the_columns_trl_and_the_trainer_use(fixture_data):
     from trl.data_utils import is_conversational
 
-    task = load_task("amc23", data_file=shared_data / "amc23.jsonl")
+    task = load_task("amc23", data_file=fixture_data / "amc23.jsonl")
     dataset = task.to_dataset()
     assert dataset.column_names == ["prompt", "problem", "answer", "prompt_id"]
-    assert len(dataset) == 40
+    assert len(dataset) == 5
     row = dataset[3]
     example = task.examples[3]
     assert is_conversational(row)
@@ -252,8 +310,8 @@ def test_to_dataset_has_the_columns_trl_and_the_trainer_use(shared_data):
     assert (row["problem"], row["answer"], row["prompt_id"]) == (example.problem, example.answer, example.id)
 
 
-def test_task_grade_uses_the_batch_grader(shared_data):
-    task = load_task("math500", data_file=shared_data / "math500.jsonl", limit=3)
+def test_task_grade_uses_the_batch_grader(fixture_data):
+    task = load_task("math500", data_file=fixture_data / "math500.jsonl", limit=3)
     golds = [example.answer for example in task.examples]
     responses = [f"\\boxed{{{golds[0]}}}", "no answer", f"\\boxed{{{golds[0]}}}"]
     assert task.grade(responses, golds) == [True, False, golds[2] == golds[0]]
