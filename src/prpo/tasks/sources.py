@@ -27,6 +27,18 @@ class RowError(ValueError):
     """A problem with one row; the reader adds the row's location."""
 
 
+class HubUnavailable(ConnectionError):
+    """A hub dataset that is not in the local cache while the hub cannot be reached (offline)."""
+
+    def __init__(self, dataset_id: str, split: str, reason: str):
+        self.dataset_id, self.split = dataset_id, split
+        super().__init__(
+            f"hub dataset {dataset_id!r} (split {split}) is not in the local cache and the hub cannot be "
+            f"reached ({reason}): run once online to cache it, or use local files (data_file, or data_dir / "
+            "$PRPO_DATA_DIR holding the benchmark's file)"
+        )
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a split of a benchmark lives by default: a file name and a hub dataset split."""
@@ -125,10 +137,13 @@ def _json_list_rows(path: Path) -> Located:
 
 
 def read_hub(dataset_id: str, config: str | None, split: str) -> Located:
-    """Rows of a Hugging Face dataset split (downloaded by `datasets.load_dataset`)."""
+    """Rows of a Hugging Face dataset split (downloaded by `datasets.load_dataset`); HubUnavailable offline."""
     from datasets import load_dataset
 
-    data = load_dataset(dataset_id, config, split=split)
+    try:
+        data = load_dataset(dataset_id, config, split=split)
+    except ConnectionError as err:
+        raise HubUnavailable(dataset_id, split, str(err)) from err
     rows = [(f"{dataset_id} ({split}) row {number}", dict(row)) for number, row in enumerate(data, start=1)]
     if not rows:
         raise ValueError(f"{dataset_id} ({split}): the dataset has no rows")
