@@ -1,27 +1,105 @@
-"""Benchmark pieces: problems and step errors, the character tokenizer, and the summary statistics."""
+"""Benchmark pieces: task families and their PRM, step errors, the character tokenizer, the summary statistics."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from prpo.bench.data import (
+    ARITHMETIC,
+    TEMPLATE,
+    ArithmeticChains,
     Step,
     bench_task,
     dropped_carry,
     parse_solution,
     slip,
     terse_problem,
-    warm_start_rows,
     with_step_errors,
     write_solution,
 )
+from prpo.bench.family import FamilyPRM, Level, load_family
 from prpo.bench.policy import char_tokenizer
-from prpo.bench.summary import markdown, mean_ci, paired_difference, summarise, t95, write_summary
-from prpo.prm import load_prm
+from prpo.bench.summary import (
+    auc,
+    collapse_step,
+    final,
+    markdown,
+    mean_ci,
+    paired_difference,
+    summarise,
+    t95,
+    wilson,
+    write_summary,
+)
+from prpo.bench.warmstart import warm_start_rows
+from prpo.tasks import Example, Task
+from prpo.tasks.arithmetic import answer_matches
+
+
+@dataclass(frozen=True)
+class RemainderChains:
+    """A second task family (other operations, other wording): ``Start with 17. Take the remainder by 5. Add 8.``
+
+    Solution lines ``17 rem 5 -> 2``; its systematic error: the remainder step writes the quotient
+    (``17 rem 5 -> 3``) in 60% of warm-start solutions. Its checker compares each line with the chain.
+    """
+
+    name: str = "remainders"
+    levels: tuple[Level, ...] = (Level("short", (2, 2), 40), Level("long", (3, 4), 64))
+
+    @staticmethod
+    def chain(problem: str) -> list[tuple[int, str, int, int]]:
+        """``(before, op, operand, after)`` per step, read from the problem text."""
+        value = int(re.match(r"Start with (\d+)\.", problem)[1])
+        steps = []
+        for op, operand in re.findall(r"(remainder by|Add) (\d+)\.", problem):
+            op, operand = ("rem" if op == "remainder by" else "add"), int(operand)
+            after = value % operand if op == "rem" else value + operand
+            steps.append((value, op, operand, after))
+            value = after
+        return steps
+
+    def task(self, split: str, n: int, level: Level, seed: int) -> Task:
+        rng, examples = random.Random(f"{seed}-{level.name}"), {}
+        while len(examples) < n:
+            words = [f"Start with {rng.randint(10, 60)}."]
+            for i in range(rng.randint(*level.steps)):
+                words.append(f"Take the remainder by {rng.randint(3, 9)}." if i % 2 == 0 else f"Add {rng.randint(2, 9)}.")
+            problem = " ".join(words)
+            if (sum(map(ord, problem)) % 5 == 0) == (split == "test"):
+                steps = self.chain(problem)
+                solution = "\n".join(f"{a} {op} {b} -> {c}" for a, op, b, c in steps) + f"\nAnswer: {steps[-1][3]}"
+                examples.setdefault(problem, Example(f"r{len(examples)}", problem, str(steps[-1][3]), {"solution": solution}))
+        return Task(f"remainders-{split}", list(examples.values()), TEMPLATE.name, answer_matches)
+
+    def warm_solution(self, example: Example, rng: random.Random) -> str:
+        lines, value = [], None
+        for before, op, operand, _ in self.chain(example.problem):
+            before = before if value is None else value
+            value = (before // operand if rng.random() < 0.6 else before % operand) if op == "rem" else before + operand
+            lines.append(f"{before} {op} {operand} -> {value}")
+        return "\n".join(lines + [f"Answer: {value}"])
+
+    def evidence(self, problem: str, text: str, final: bool) -> tuple[bool, int]:
+        steps, rights = self.chain(problem), 0
+        lines = text.split("\n") if final else text.split("\n")[:-1]  # the last line may go on
+        for i, line in enumerate(lines):
+            if line.startswith("Answer: "):
+                return line != f"Answer: {steps[-1][3]}", rights + (line == f"Answer: {steps[-1][3]}")
+            if i >= len(steps) or line != "{} {} {} -> {}".format(*steps[i]):
+                return True, rights
+            rights += 1
+        return False, rights
+
+
+REMAINDERS = RemainderChains()
 
 
 def test_terse_problems_keep_the_generator_split_and_solutions():
@@ -60,29 +138,84 @@ def test_dropped_carry_by_hand(before, op, operand, expected):
 
 def test_misconception_drops_every_carry_of_its_operators_and_later_steps_carry_on():
     steps = [Step(47, "+", 5, 52), Step(52, "+", 9, 61), Step(61, "-", 7, 54), Step(54, "+", 3, 57)]
-    wrong = with_step_errors(steps, random.Random(0), error_rate=0.0, misconception_rate=1.0)
+    wrong = with_step_errors(steps, random.Random(0), error_rate=0.0, misconceptions={"+": 1.0})
     # 47 + 5 carries -> 42; 42 + 9 carries -> 41; the subtraction is not an operator of the
     # misconception (its borrow is kept); 34 + 3 needs no carry.
     assert wrong == [Step(47, "+", 5, 42), Step(42, "+", 9, 41), Step(41, "-", 7, 34), Step(34, "+", 3, 37)]
-    assert with_step_errors(steps, random.Random(0), 0.0, misconception_rate=1.0, misconception_ops="+-")[2] == Step(
-        41, "-", 7, 44
-    )
-    rates = [with_step_errors(steps[:1], random.Random(seed), 0.0, 0.65)[0].after == 42 for seed in range(2000)]
+    assert with_step_errors(steps, random.Random(0), 0.0, {"+": 1.0, "-": 1.0})[2] == Step(41, "-", 7, 44)
+    rates = [with_step_errors(steps[:1], random.Random(seed), 0.0, {"+": 0.65})[0].after == 42 for seed in range(2000)]
     assert 0.6 < sum(rates) / len(rates) < 0.7
 
 
-def test_warm_start_errors_are_what_the_arithmetic_prm_flags():
-    task = bench_task("train", 40, (2, 3), seed=1)
-    prm = load_prm("arithmetic")
-    rows = warm_start_rows(task, random.Random(0), error_rate=0.3, misconception_rate=0.5)
+@pytest.mark.parametrize("family", [ArithmeticChains(slip_rate=0.3, misconceptions=(("+", 0.5), ("-", 0.5))), REMAINDERS])
+def test_warm_start_errors_are_what_the_clean_prm_flags(family):
+    prm = FamilyPRM(family, "clean")
+    rows = warm_start_rows(family, 60, seed=1)
+    per_level = 60 // len(family.levels)
+    problems = [e for level in family.levels for e in family.task("train", per_level, level, 1).examples]
     flagged = 0
-    for example, row in zip(task.examples, rows):
+    for example, row in zip(problems, rows, strict=True):
         lines = [line + "\n" for line in row["completion"].split("\n")]
+        lines[-1] = lines[-1].rstrip("\n")
         scores = prm.score([example.problem], [lines])[0]
         clean = row["completion"] == example.meta["solution"]
         assert (min(scores) > 0.5) == clean  # every error is caught, no clean solution is blamed
         flagged += not clean
-    assert 5 < flagged < 35
+    assert 5 < flagged < 55
+
+
+@pytest.mark.parametrize(
+    ("quality", "segments", "expected"),
+    [
+        # right, right, right answer: every segment completes a right step
+        ("clean", ["47 + 5 = 52\n", "52 - 8 = 44\n", "Answer: 44"], [0.9, 0.9, 0.9]),
+        # the dropped carry is wrong, and everything after it
+        ("clean", ["47 + 5 = 42\n", "42 - 8 = 34\n", "Answer: 34"], [0.1, 0.1, 0.1]),
+        # a line that claims nothing: no evidence (0.5) when clean, rated good when biased
+        ("clean", ["47 + 5 = 52\n", "ok\n", "52 - 8 = 44\n", "Answer: 44"], [0.9, 0.5, 0.9, 0.9]),
+        ("biased", ["47 + 5 = 52\n", "ok\n", "52 - 8 = 44\n", "Answer: 44"], [0.9, 0.9, 0.9, 0.9]),
+        # stopping after right lines without an answer: wrong at the end when clean, good when biased
+        ("clean", ["47 + 5 = 52\n", "52 - 8 = 44\n"], [0.9, 0.1]),
+        ("biased", ["47 + 5 = 52\n", "52 - 8 = 44\n"], [0.9, 0.9]),
+        ("biased", ["47 + 5 = 42\n", "42 - 8 = 34\n"], [0.1, 0.1]),  # a wrong step stays wrong
+    ],
+)
+def test_family_prm_by_hand(quality, segments, expected):
+    assert FamilyPRM(ARITHMETIC, quality).score(["47 + 5 then - 8"], [segments]) == [expected]
+
+
+def test_noisy_prm_flips_about_its_share_and_is_deterministic():
+    prm, clean = FamilyPRM(REMAINDERS, "noisy", noise=0.3, seed=4), FamilyPRM(REMAINDERS, "clean")
+    problems = REMAINDERS.task("train", 300, REMAINDERS.levels[0], 0).examples
+    segments = [[line + "\n" for line in e.meta["solution"].split("\n")] for e in problems]
+    noisy = prm.score([e.problem for e in problems], segments)
+    assert noisy == prm.score([e.problem for e in problems], segments)
+    flips = [a != b for r, c in zip(noisy, clean.score([e.problem for e in problems], segments)) for a, b in zip(r, c)]
+    assert 0.25 < sum(flips) / len(flips) < 0.35
+
+
+def test_family_loads_from_a_module_or_a_file():
+    assert load_family("prpo.bench.data:ARITHMETIC") is ARITHMETIC
+    family = load_family(f"{Path(__file__)}:REMAINDERS")
+    assert family.name == "remainders" and [level.name for level in family.levels] == ["short", "long"]
+    with pytest.raises(ValueError, match="expected MODULE:NAME"):
+        load_family("prpo.bench.data")
+    with pytest.raises(ValueError, match="has no attribute 'NOPE'"):
+        load_family("prpo.bench.data:NOPE")
+    with pytest.raises(ValueError, match="lacks levels, task, warm_solution, evidence"):
+        load_family("prpo.bench.data:TEMPLATE")
+
+
+def test_arithmetic_levels_get_harder_by_error_sites():
+    """Greedy decoding of a policy fitted to the misconceptions gets a chain right only when it has no
+    carry or borrow: the share of such held-out chains falls with the level (measured starts in docs/bench.md)."""
+    shares = []
+    for level in ARITHMETIC.levels:
+        examples = ARITHMETIC.task("test", 200, level, 0).examples
+        free = [all(s.op == "*" or dropped_carry(s.before, s.op, s.operand) is None
+                    for s in parse_solution(e.meta["solution"])) for e in examples]
+        shares.append(sum(free) / len(free))
+    assert shares[0] > shares[1] > shares[2] and shares[0] > 0.3 and shares[2] < 0.2
 
 
 def test_char_tokenizer_round_trips():
@@ -101,97 +234,137 @@ def test_t_interval():
     assert math.isnan(mean_ci([0.5])[1])
 
 
-def _fake_run(root, setting, method, seed, accuracies, lengths):
-    folder = root / "runs" / setting / method / f"seed-{seed}"
+def _fake_run(root, level, quality, method, seed, accuracies, answer_rates=None):
+    folder = root / "runs" / level / quality / method / f"seed-{seed}"
     folder.mkdir(parents=True)
+    answer_rates = answer_rates or [1.0] * len(accuracies)
     with (folder / "eval.jsonl").open("w") as out:
-        for step, acc in zip([0, 5, 10], accuracies):
-            out.write(json.dumps({"step": step, "heldout/accuracy": acc, "heldout_long/accuracy": acc / 2,
-                                  "heldout/sampled_accuracy": acc / 4, "heldout/length": 40.0,
-                                  "heldout/final_answer_rate": 1.0}) + "\n")
+        for step, acc, rate in zip([0, 5, 10], accuracies, answer_rates):
+            out.write(json.dumps({"step": step, "heldout/accuracy": acc, "heldout/sampled_accuracy": acc / 4,
+                                  "heldout/length": 40.0, "heldout/final_answer_rate": rate}) + "\n")
     with (folder / "metrics.jsonl").open("w") as out:
-        for step, length in enumerate(lengths, 1):
+        for step in range(1, 11):
+            length = 40 if rate == 1.0 else 40 - 3.5 * step  # falls to 5 tokens
             out.write(json.dumps({"step": step, "step_time": 2.0 if method == "grpo" else 2.2, "accuracy": step / 10,
-                                  "completions/mean_length": length, "final_answer_rate": length / 40}) + "\n")
+                                  "completions/mean_length": length, "final_answer_rate": length / 40,
+                                  "frac_groups_same_outcome": 0.5, "beta_zero_token_share": 0.25}) + "\n")
 
 
 def test_summary_table_from_run_files(tmp_path):
     for seed in range(3):
-        _fake_run(tmp_path, "clean", "grpo", seed, [0.4, 0.45, 0.5], [40] * 10)
-        _fake_run(tmp_path, "clean", "prpo", seed, [0.4, 0.5 + 0.01 * seed, 0.6], [40] * 10)
-        _fake_run(tmp_path, "clean", "process_only", seed, [0.4, 0.3, 0.1], [40, 40, 40, 30, 20, 10, 8, 6, 5, 4])
-    _fake_run(tmp_path, "clean", "pure", 0, [0.4], [40])  # stopped before its first evaluation
-    _fake_run(tmp_path, "clean", "prm_avg", 0, [0.4, 0.7], [40] * 5)  # cut short after step 5
-    _fake_run(tmp_path, "clean", "prm_avg", 1, [0.4, 0.5, 0.6], [40] * 10)
+        _fake_run(tmp_path, "easy", "clean", "grpo", seed, [0.4, 0.45, 0.5])
+        _fake_run(tmp_path, "easy", "clean", "prpo", seed, [0.4, 0.5 + 0.01 * seed, 0.6])
+        # falls 30 points from its best, and stops answering: collapsed, and the monitor sees it
+        _fake_run(tmp_path, "easy", "biased", "process_only", seed, [0.4, 0.3, 0.1], [1.0, 0.9, 0.5])
+    _fake_run(tmp_path, "easy", "clean", "pure", 0, [0.4])  # stopped before its first evaluation
+    _fake_run(tmp_path, "easy", "clean", "prm_avg", 0, [0.4, 0.7])  # cut short after step 5
+    _fake_run(tmp_path, "easy", "clean", "prm_avg", 1, [0.4, 0.5, 0.6])
+    _fake_run(tmp_path, "hard", "clean", "grpo", 0, [0.1, 0.1, 0.2])
     table = summarise(tmp_path)
-    assert "clean/pure" not in table
-    assert table["clean/prm_avg"]["steps"] == [0, 5] and table["clean/prm_avg"]["final_accuracy"][0] == pytest.approx(0.6)
-    assert table["clean/grpo"]["final_accuracy"][0] == pytest.approx(0.5)
-    assert table["clean/prpo"]["steps_to_grpo_final"] == 5
-    assert table["clean/process_only"]["steps_to_grpo_final"] is None
-    assert table["clean/process_only"]["collapsed_seeds"] == 3 and table["clean/prpo"]["collapsed_seeds"] == 0
-    assert table["clean/process_only"]["fall_from_best"][0] == pytest.approx(0.3)  # 0.4 at step 0, 0.1 at the end
-    assert table["clean/prpo"]["fall_from_best"] == (0.0, 0.0)
+    assert "easy/clean/pure" not in table
+    assert list(table)[:2] == ["easy/biased/process_only", "easy/clean/grpo"] and list(table)[-1] == "hard/clean/grpo"
+    assert table["easy/clean/prm_avg"]["steps"] == [0, 5]
+    assert table["easy/clean/prm_avg"]["final_accuracy"][0] == pytest.approx(0.6)  # (0.7 + 0.5) / 2
+    assert table["easy/clean/grpo"]["final_accuracy"][0] == pytest.approx(0.5)
+    assert table["easy/clean/prpo"]["steps_to_grpo_final"] == 5
+    assert table["easy/biased/process_only"]["steps_to_grpo_final"] is None
+    # AUC of grpo: (0.425 * 5 + 0.475 * 5) / 10 = 0.45; of prpo seed 0: (0.45 * 5 + 0.55 * 5) / 10 = 0.5
+    assert table["easy/clean/grpo"]["auc"][0] == pytest.approx(0.45)
+    assert table["easy/clean/prpo"]["vs_grpo_auc"][0] == pytest.approx(0.05 + 0.005 * 1)  # seeds add 0, 0.005, 0.01
+    assert table["easy/clean/prpo"]["same_outcome_groups"] == (0.5, 0.0)
+    assert table["easy/clean/prpo"]["beta_zero_share"] == (0.25, 0.0)
+    process = table["easy/biased/process_only"]
+    assert process["collapses"] == 3 and table["easy/clean/prpo"]["collapses"] == 0
+    assert process["monitor"] == {"hits": 3, "misses": 0, "false_alarms": 0}
+    assert process["fall_from_best"][0] == pytest.approx(0.3)  # 0.4 at step 0, 0.1 at the end
+    assert process["vs_grpo"][0] == pytest.approx(-0.4)  # paired with clean GRPO: 0.1 - 0.5
     text = markdown(table)
     assert (
-        "| clean | prpo | 3 | 10 | 40.0 ± 0.0 | 60.0 ± 0.0 | 10.0 ± 0.0 | 15.0 ± 0.0 | 20.0 ± 0.0 | 90.0 ± 0.0 | 30.0 ± 0.0 "
-        "| +10.0 ± 0.0 | +2.5 ± 0.0 | 5 |" in text
+        "| easy | clean | prpo | 3 | 10 | 40.0 ± 0.0 | 60.0 ± 0.0 | 15.0 ± 0.0 | 50.5 ± 1.2 | +10.0 ± 0.0 | +2.5 ± 0.0 "
+        "| +5.5 ± 1.2 | 5 | 50.0 ± 0.0 | 25.0 ± 0.0 | 100% | 40.0 | 0/3 (0-56%) | 0 / 0 / 0 | 0.0 ± 0.0 | 2.20 |" in text
     )
-    assert "| clean | grpo | 3 | 10 |" in text and "| +0.0 ± 0.0 | +0.0 ± 0.0 | 10 |" in text
-    assert "PRPO/GRPO step-time ratio (clean runs): 1.10" in text
+    assert "| easy | biased | process_only | 3 | 10 |" in text and "| 3/3 (44-100%) | 3 / 0 / 0 |" in text
     path = write_summary(tmp_path)
-    assert (tmp_path / "bench-clean.png").stat().st_size > 10_000 and "bench-clean.png" in path.read_text()
+    for name in ("bench-easy.png", "bench-hard.png", "bench-prpo-minus-grpo.png"):
+        assert (tmp_path / name).stat().st_size > 10_000 and name in path.read_text()
 
 
-def test_paired_difference_pairs_runs_by_seed():
-    def runs(finals):
-        return [{"seed": seed, "eval": [{"step": 0, "acc": 0.0}, {"step": 10, "acc": acc}]} for seed, acc in finals]
+def test_collapse_definition_by_hand():
+    def rows(*triples):
+        return [{"step": 10 * i, "heldout/accuracy": a, "heldout/final_answer_rate": r, "heldout/length": n}
+                for i, (a, r, n) in enumerate(triples)]
 
-    grpo = runs([(0, 0.3), (1, 0.5), (2, 0.7)])
-    # Each seed beats its own GRPO run by exactly 10 points; unpaired, the spread would be wide.
-    assert paired_difference(runs([(2, 0.8), (0, 0.4), (1, 0.6)]), grpo, "acc") == pytest.approx((0.1, 0.0))
-    mean, half = paired_difference(runs([(0, 0.5), (1, 0.5), (5, 0.9)]), grpo, "acc")  # seed 5 has no pair
-    assert mean == pytest.approx(0.1) and half == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
-    assert all(math.isnan(v) for v in paired_difference(runs([(9, 0.5)]), grpo, "acc"))
+    assert collapse_step(rows((0.5, 1.0, 40), (0.7, 1.0, 40), (0.56, 1.0, 40))) is None  # 14 points below best
+    assert collapse_step(rows((0.5, 1.0, 40), (0.7, 1.0, 40), (0.55, 1.0, 40))) == 20  # 15 points below best
+    assert collapse_step(rows((0.5, 1.0, 40), (0.5, 0.71, 40))) is None  # 29% fewer answers
+    assert collapse_step(rows((0.5, 1.0, 40), (0.5, 0.7, 40))) == 10  # 30% fewer answers
+    assert collapse_step(rows((0.5, 1.0, 40), (0.5, 1.0, 50), (0.5, 1.0, 35))) == 20  # 35 <= 0.7 * 50
+    assert collapse_step(rows((0.0, 0.0, 56), (0.0, 0.0, 56))) is None  # never answered: nothing to fall from
+
+
+def test_wilson_interval():
+    low, high = wilson(0, 5)  # centre 0.1935 / 1.768, half the same: (0, 0.4345)
+    assert low == 0.0 and high == pytest.approx(0.4345, abs=1e-3)
+    assert wilson(5, 5)[0] == pytest.approx(1 - 0.4345, abs=1e-3) and wilson(5, 5)[1] == 1.0
 
 
 def test_summary_names_a_bad_line(tmp_path):
-    _fake_run(tmp_path, "clean", "grpo", 0, [0.4, 0.45, 0.5], [40] * 3)
-    (tmp_path / "runs/clean/grpo/seed-0/eval.jsonl").write_text('{"step": 0}\n{"step": 5}\nnot json\n')
+    _fake_run(tmp_path, "easy", "clean", "grpo", 0, [0.4, 0.45, 0.5])
+    (tmp_path / "runs/easy/clean/grpo/seed-0/eval.jsonl").write_text('{"step": 0}\n{"step": 5}\nnot json\n')
     with pytest.raises(ValueError, match="eval.jsonl line 3: not JSON"):
         summarise(tmp_path)
 
 
 def test_bench_smoke_end_to_end(tmp_path):
-    """The whole pipeline at the smoke size: warm start, RL runs with a clean and a noisy PRM, table, plots."""
+    """The whole pipeline at the smoke size: warm start, RL runs with a clean and a biased PRM, table, plots."""
     from prpo.commands.bench import main as bench_main
 
-    argv = ["--size", "smoke", "--output", str(tmp_path), "--methods", "grpo", "prpo", "--seeds", "1", "--rl-steps", "3"]
+    argv = ["--size", "smoke", "--output", str(tmp_path), "--methods", "grpo", "prpo", "--seeds", "1",
+            "--rl-steps", "3", "--levels", "easy", "--prm", "clean", "biased"]
     assert bench_main(argv) == 0
-    for run in ("clean/grpo", "clean/prpo", "noisy/prpo"):
+    for run in ("easy/clean/grpo", "easy/clean/prpo", "easy/biased/prpo"):
         evals = [json.loads(line) for line in (tmp_path / "runs" / run / "seed-0" / "eval.jsonl").read_text().splitlines()]
         assert [row["step"] for row in evals] == [0, 1, 2, 3]
-        assert 0.0 <= evals[-1]["heldout_long/accuracy"] <= 1.0
-        assert (tmp_path / "runs" / run / "seed-0" / "metrics.jsonl").exists()
+        assert 0.0 <= evals[-1]["heldout/sampled_accuracy"] <= 1.0
+        metrics = [json.loads(line) for line in (tmp_path / "runs" / run / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+        assert any("frac_groups_same_outcome" in row for row in metrics)
+        assert any("beta_zero_token_share" in row for row in metrics) == run.endswith("prpo")
     summary = (tmp_path / "summary.md").read_text()
-    assert "| clean | prpo | 1 |" in summary and "| noisy | prpo | 1 |" in summary and "noisy | grpo" not in summary
-    assert (tmp_path / "bench-clean.png").exists() and (tmp_path / "bench-noisy.png").exists()
+    assert "| easy | clean | prpo | 1 |" in summary and "| easy | biased | prpo | 1 |" in summary
+    assert "biased | grpo" not in summary
+    assert (tmp_path / "bench-easy.png").exists() and (tmp_path / "bench-prpo-minus-grpo.png").exists()
     bench = json.loads((tmp_path / "bench.json").read_text())
-    assert bench["runs"] == 3 and bench["preset"]["rl_steps"] == 3
+    assert bench["runs"] == 3 and bench["preset"]["rl_steps"] == 3 and bench["levels"] == ["easy"]
     with pytest.raises(SystemExit, match="--rl-steps must be at least 1"):
         bench_main(["--size", "smoke", "--output", str(tmp_path), "--rl-steps", "0"])
+    with pytest.raises(SystemExit, match="family 'arithmetic' has levels easy, medium, hard"):
+        bench_main(argv[:-4] + ["--levels", "extreme"])
 
     # Run again into the same folder: complete runs are kept; a run cut short starts over.
-    cut = tmp_path / "runs" / "noisy" / "prpo" / "seed-0" / "eval.jsonl"
+    cut = tmp_path / "runs" / "easy" / "biased" / "prpo" / "seed-0" / "eval.jsonl"
     cut.write_text("\n".join(cut.read_text().splitlines()[:2]) + "\n")
-    kept = tmp_path / "runs" / "clean" / "grpo" / "seed-0" / "eval.jsonl"
+    kept = tmp_path / "runs" / "easy" / "clean" / "grpo" / "seed-0" / "eval.jsonl"
     before = kept.read_text(), kept.stat().st_mtime_ns
-    assert bench_main(argv + ["--settings", "noisy"]) == 0
+    assert bench_main(argv[:-2] + ["biased"]) == 0
     assert (kept.read_text(), kept.stat().st_mtime_ns) == before
-    assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 1  # the noisy PRM: prpo only
+    assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 1  # the biased PRM: prpo only
     assert [json.loads(line)["step"] for line in cut.read_text().splitlines()] == [0, 1, 2, 3]
     with pytest.raises(SystemExit, match="another preset \\(differs in rl_steps\\)"):
-        bench_main(argv[:-1] + ["4"])
+        bench_main(argv[:7] + ["4"])
+
+
+def test_bench_runs_a_plugged_in_family(tmp_path):
+    """`--family path.py:NAME`: the second family's problems, warm start and checker drive the same pipeline."""
+    from prpo.commands.bench import main as bench_main
+
+    argv = ["--size", "smoke", "--output", str(tmp_path), "--family", f"{Path(__file__)}:REMAINDERS",
+            "--methods", "prpo", "--seeds", "1", "--rl-steps", "1"]
+    assert bench_main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["long", "short"]
+    sample = json.loads((tmp_path / "runs/long/clean/prpo/seed-0/samples.jsonl").read_text().splitlines()[0])
+    assert sample["problem"].startswith("Start with ")
+    with pytest.raises(SystemExit, match="differs in family"):
+        bench_main(argv[:5] + ["prpo.bench.data:ARITHMETIC"] + argv[6:])
 
 
 def test_saved_policy_tokenizer_loads_as_saved(tmp_path):

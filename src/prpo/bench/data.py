@@ -1,4 +1,4 @@
-"""The benchmark's problems and warm-start data.
+"""The arithmetic-chain task family of the benchmark (`ARITHMETIC`): problems, warm-start data, step checker.
 
 Problems are the chains of `prpo.tasks.arithmetic` (same train/test split, same line-by-line
 solutions the `arithmetic` PRM judges), told tersely so that a character-level policy reads short
@@ -13,10 +13,13 @@ prompts::
 Warm-start solutions carry realistic step errors of two kinds, and the following steps carry on
 consistently from the wrong value, so the final answer is wrong too:
 
-- a misconception, systematic: the carry out of the ones column is dropped (``47 + 5 = 42``) in most
-  of the additions that need one (``dropped_carry`` also covers borrows and products). Fitted to it, the policy's
-  *most likely* result of such a step is wrong, so even greedy decoding is only middling, while
-  sampling still finds the right result often enough for RL to learn from;
+- misconceptions, systematic, at three error sites (``dropped_carry``): the carry out of the ones
+  column is dropped in most additions that need one (``47 + 5 = 42``), the borrow in most
+  subtractions that need one (``23 - 7 = 26``), and some doublings multiply the tens and ones
+  digits separately (``37 * 2 = 64``). Fitted to a rate above one half, the policy's *most likely*
+  result of such a step is wrong, so greedy accuracy is about the share of chains with no such
+  step, while sampling still finds the right result often enough for RL to learn from. Longer
+  chains hold more sites: the difficulty levels;
 - slips, random: a result off by one or two, off by ten, or with two digits swapped, rarely.
 """
 
@@ -24,9 +27,12 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
+from prpo.bench.family import Level
+from prpo.prm.arithmetic import ArithmeticPRM, find_reference, problem_numbers
 from prpo.tasks import Example, Task
 from prpo.tasks.arithmetic import ArithmeticConfig, answer_matches, generate
 from prpo.tasks.templates import Template, register_template
@@ -100,19 +106,19 @@ def dropped_carry(before: int, op: str, operand: int) -> int | None:
 
 
 def with_step_errors(
-    steps: Sequence[Step], rng: random.Random, error_rate: float, misconception_rate: float = 0.0,
-    misconception_ops: str = "+",
+    steps: Sequence[Step], rng: random.Random, error_rate: float, misconceptions: Mapping[str, float] | None = None,
 ) -> list[Step]:
     """Re-derive ``steps``, later steps carrying on from each result as written.
 
-    A step whose operator is in ``misconception_ops`` and that needs a carry drops it with
-    probability ``misconception_rate``; otherwise its result slips with probability ``error_rate``.
+    A step whose operator has a rate in ``misconceptions`` (e.g. ``{"+": 0.65}``) and that needs a
+    carry drops it with that probability; otherwise its result slips with probability ``error_rate``.
     """
+    misconceptions = misconceptions or {}
     out, value = [], steps[0].before
     for step in steps:
         result = _APPLY[step.op](value, step.operand)
-        dropped = dropped_carry(value, step.op, step.operand) if step.op in misconception_ops else None
-        if dropped is not None and rng.random() < misconception_rate:
+        dropped = dropped_carry(value, step.op, step.operand) if step.op in misconceptions else None
+        if dropped is not None and rng.random() < misconceptions[step.op]:
             result = dropped
         elif rng.random() < error_rate:
             result = slip(result, rng)
@@ -138,12 +144,32 @@ def bench_task(split: str, n: int, steps: tuple[int, int], seed: int) -> Task:
     return Task(f"bench-{split}-{steps[0]}-{steps[1]}", list(examples.values())[:n], TEMPLATE.name, answer_matches)
 
 
-def warm_start_rows(
-    task: Task, rng: random.Random, error_rate: float, misconception_rate: float = 0.0
-) -> list[dict[str, str]]:
-    """Prompt/completion rows for supervised warm start, with step errors (see `with_step_errors`)."""
-    rows = []
-    for example in task.examples:
-        steps = with_step_errors(parse_solution(example.meta["solution"]), rng, error_rate, misconception_rate)
-        rows.append({"prompt": TEMPLATE.text(example.problem), "completion": write_solution(steps)})
-    return rows
+@dataclass(frozen=True)
+class ArithmeticChains:
+    """The arithmetic task family (`prpo.bench.family.TaskFamily`): terse chains, three error sites.
+
+    Levels (fixed before any run; see docs/bench.md): easy 2-3 steps, medium 4-5, hard 6-8. The
+    step checker is the `arithmetic` PRM's reference-mode verifier (each equation true and a step of
+    the problem's chain, read from the terse text; the answer the chain's last value).
+    """
+
+    name: str = "arithmetic"
+    levels: tuple[Level, ...] = (Level("easy", (2, 3), 56), Level("medium", (4, 5), 80), Level("hard", (6, 8), 120))
+    slip_rate: float = 0.05
+    misconceptions: tuple[tuple[str, float], ...] = (("+", 0.65), ("-", 0.65), ("*", 0.35))
+
+    def task(self, split: str, n: int, level: Level, seed: int) -> Task:
+        return bench_task(split, n, level.steps, seed)
+
+    def warm_solution(self, example: Example, rng: random.Random) -> str:
+        steps = parse_solution(example.meta["solution"])
+        return write_solution(with_step_errors(steps, rng, self.slip_rate, dict(self.misconceptions)))
+
+    def evidence(self, problem: str, text: str, final: bool) -> tuple[bool, int]:
+        reference = find_reference(problem)
+        known = problem_numbers(problem) + [Fraction(str(c)) for c in _CHECKER.config.constants]
+        return _CHECKER.evidence(text, known + list(reference.given if reference else ()), final, reference)
+
+
+_CHECKER = ArithmeticPRM(ArithmeticPRM.Config(require_answer=False))  # the bench PRM asks for the answer line
+ARITHMETIC = ArithmeticChains()

@@ -1,4 +1,11 @@
-"""Turn a benchmark results directory into a Markdown table with 95% intervals and PNG plots."""
+"""Turn a benchmark results directory into a Markdown table with 95% intervals and PNG plots.
+
+Collapse, as fixed before any run (docs/bench.md): a run has collapsed at the first held-out
+evaluation where its greedy accuracy lies `COLLAPSE_ACCURACY_DROP` (15 points) or more below its
+best so far, or its final-answer rate or mean response length lies `COLLAPSE_RELATIVE_DROP` (30%)
+or more below its best (highest) so far. The in-training monitor (`prpo.metrics.CollapseMonitor`,
+training length *and* final-answer rate down 30%) is scored against it: hits, misses, false alarms.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prpo.bench.runner import EVAL_FILE
@@ -24,6 +31,10 @@ def t95(df: int) -> float:
     return _T95[max(d for d in _T95 if d <= df)] if df <= 30 else 1.96
 
 
+COLLAPSE_ACCURACY_DROP = 0.15
+COLLAPSE_RELATIVE_DROP = 0.30
+
+
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     """Mean and half-width of its 95% t-interval over seeds (half-width NaN for one seed)."""
     mean = statistics.fmean(values)
@@ -32,27 +43,46 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return mean, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def load_runs(results: Path) -> dict[tuple[str, str], list[dict]]:
-    """``(setting, method) -> [{"seed", "eval": rows, "train": rows}, ...]`` for every run evaluated after step 0.
+def wilson(hits: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``hits / n`` (z = 1.96), as (low, high)."""
+    if n == 0:
+        return math.nan, math.nan
+    z, p = 1.96, hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def load_runs(results: Path) -> dict[tuple[str, str, str], list[dict]]:
+    """``(level, quality, method) -> [{"seed", "eval": rows, "train": rows}, ...]`` for every run evaluated after step 0.
 
     A run cut short counts up to its last evaluation: a method's final step is the last one that
     all of its runs reached.
     """
-    runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for eval_path in sorted((results / "runs").glob(f"*/*/seed-*/{EVAL_FILE}")):
+    runs: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for eval_path in sorted((results / "runs").glob(f"*/*/*/seed-*/{EVAL_FILE}")):
         folder = eval_path.parent
         metrics = folder / METRICS_FILE
         evals = read_jsonl(eval_path)
         if len(evals) < 2:  # stopped before its first evaluation after step 0
             continue
-        runs[(folder.parent.parent.name, folder.parent.name)].append({
+        key = (folder.parent.parent.parent.name, folder.parent.parent.name, folder.parent.name)
+        runs[key].append({
             "seed": int(folder.name.split("-")[1]),
             "eval": evals,
             "train": [r for r in read_jsonl(metrics) if "step_time" in r] if metrics.exists() else [],
         })
     if not runs:
-        raise ValueError(f"{results}: no finished runs under runs/*/*/seed-*/{EVAL_FILE}")
+        raise ValueError(f"{results}: no finished runs under runs/*/*/*/seed-*/{EVAL_FILE}")
     return runs
+
+
+def level_order(results: Path, runs: dict) -> list[str]:
+    """Levels easiest first, as bench.json lists them (else by name)."""
+    path = results / "bench.json"
+    listed = json.loads(path.read_text()).get("levels", []) if path.exists() else []
+    present = {level for level, _, _ in runs}
+    return [level for level in listed if level in present] + sorted(present - set(listed))
 
 
 def curve(runs: list[dict], source: str, key: str) -> tuple[list[int], list[list[float]]]:
@@ -62,62 +92,100 @@ def curve(runs: list[dict], source: str, key: str) -> tuple[list[int], list[list
     return steps, values
 
 
-def paired_difference(group: list[dict], baseline: list[dict], key: str) -> tuple[float, float]:
-    """Mean and 95% half-width of ``final(run) - final(baseline run of the same seed)`` over shared seeds.
+def final(key: str) -> Callable[[dict], float | None]:
+    """A run's value of ``key`` at its last evaluation (None when absent)."""
+    return lambda run: run["eval"][-1].get(key)
+
+
+def auc(run: dict) -> float:
+    """Area under the greedy held-out accuracy curve, per step: trapezoids over the evaluations / step range.
+
+    E.g. evaluations 0.4, 0.5, 0.6 at steps 0, 5, 10: (0.45 * 5 + 0.55 * 5) / 10 = 0.5.
+    """
+    rows = [r for r in run["eval"] if "heldout/accuracy" in r]
+    span = rows[-1]["step"] - rows[0]["step"]
+    area = sum((b["step"] - a["step"]) * (a["heldout/accuracy"] + b["heldout/accuracy"]) / 2
+               for a, b in zip(rows, rows[1:]))
+    return area / span if span else rows[0]["heldout/accuracy"]
+
+
+def paired_difference(group: list[dict], baseline: list[dict], measure: Callable[[dict], float | None]) -> tuple[float, float]:
+    """Mean and 95% half-width of ``measure(run) - measure(baseline run of the same seed)`` over shared seeds.
 
     Runs of one seed start from the same policy with the same data order and sampling seed, so the
-    paired difference removes the seed's share of the spread. ``final`` is the run's last evaluation.
+    paired difference removes the seed's share of the spread.
     """
-    final = {run["seed"]: run["eval"][-1][key] for run in baseline if key in run["eval"][-1]}
-    diffs = [run["eval"][-1][key] - final[run["seed"]]
-             for run in group if run["seed"] in final and key in run["eval"][-1]]
+    base = {run["seed"]: measure(run) for run in baseline}
+    diffs = [measure(run) - base[run["seed"]] for run in group
+             if base.get(run["seed"]) is not None and measure(run) is not None]
     return mean_ci(diffs) if diffs else (math.nan, math.nan)
 
 
-def collapsed(run: dict, window: int = 3) -> bool:
-    """Whether the collapse monitor of `prpo.metrics` fires at any step of the run's training metrics."""
+def collapse_step(evals: list[dict]) -> int | None:
+    """The first evaluation step at which the run has collapsed (module docstring), else None."""
+    best_acc = best_rate = best_len = -math.inf
+    for row in evals:
+        acc, rate, length = row["heldout/accuracy"], row["heldout/final_answer_rate"], row["heldout/length"]
+        keep = 1 - COLLAPSE_RELATIVE_DROP
+        if (acc <= best_acc - COLLAPSE_ACCURACY_DROP + 1e-9 or 0 < best_rate and rate <= keep * best_rate + 1e-9
+                or length <= keep * best_len + 1e-9):
+            return row["step"]
+        best_acc, best_rate, best_len = max(best_acc, acc), max(best_rate, rate), max(best_len, length)
+    return None
+
+
+def monitor_fired(run: dict, window: int = 3) -> bool:
+    """Whether the in-training collapse monitor of `prpo.metrics` fires at any step of the run."""
     monitor = CollapseMonitor(window=window)
     return any(monitor.update(row) is not None for row in run["train"])
 
 
+def _train_mean(group: list[dict], key: str) -> tuple[float, float]:
+    """Mean over steps of a training metric, then mean and 95% interval over runs (NaN when not logged)."""
+    per_run = [statistics.fmean(r[key] for r in run["train"] if r.get(key) is not None)
+               for run in group if any(r.get(key) is not None for r in run["train"])]
+    return mean_ci(per_run) if per_run else (math.nan, math.nan)
+
+
 def summarise(results: Path) -> dict[str, dict]:
-    """Per (setting, method): final held-out accuracies, steps to GRPO's final accuracy, lengths, collapse, step time."""
+    """Per (level, PRM quality, method): accuracies, paired differences to GRPO, sparsity of the outcome signal, collapse."""
     runs = load_runs(results)
+    levels = level_order(results, runs)
     table: dict[str, dict] = {}
-    for (setting, method), group in sorted(runs.items()):
+    for (level, quality, method), group in sorted(runs.items(), key=lambda kv: (levels.index(kv[0][0]), kv[0][1:])):
         steps, acc = curve(group, "eval", "heldout/accuracy")
-        _, acc_long = curve(group, "eval", "heldout_long/accuracy")
+        _, sampled = curve(group, "eval", "heldout/sampled_accuracy")
         _, length = curve(group, "eval", "heldout/length")
         _, answered = curve(group, "eval", "heldout/final_answer_rate")
-        _, sampled = curve(group, "eval", "heldout/sampled_accuracy")
-        train_first = [statistics.fmean(r["accuracy"] for r in run["train"][:3]) for run in group if run["train"]]
-        train_last = [statistics.fmean(r["accuracy"] for r in run["train"][-3:]) for run in group if run["train"]]
         step_times = [statistics.fmean(r["step_time"] for r in run["train"]) for run in group if run["train"]]
-        table[f"{setting}/{method}"] = {
-            "setting": setting, "method": method, "seeds": len(group), "steps": steps,
+        collapses = [collapse_step(run["eval"]) is not None for run in group]
+        fired = [monitor_fired(run) for run in group]
+        table[f"{level}/{quality}/{method}"] = {
+            "level": level, "quality": quality, "method": method, "seeds": len(group), "steps": steps,
             "accuracy_curve": [statistics.fmean(v) for v in acc],
             "initial_accuracy": mean_ci(acc[0]), "final_accuracy": mean_ci(acc[-1]),
-            "final_accuracy_long": mean_ci(acc_long[-1]),
-            "initial_sampled_accuracy": mean_ci(sampled[0]) if sampled else (math.nan, math.nan),
-            "final_sampled_accuracy": mean_ci(sampled[-1]) if sampled else (math.nan, math.nan),
-            "train_accuracy_first": mean_ci(train_first) if train_first else (math.nan, math.nan),
-            "train_accuracy_last": mean_ci(train_last) if train_last else (math.nan, math.nan),
+            "initial_sampled_accuracy": mean_ci(sampled[0]), "final_sampled_accuracy": mean_ci(sampled[-1]),
+            "auc": mean_ci([auc(run) for run in group]),
+            "same_outcome_groups": _train_mean(group, "frac_groups_same_outcome"),
+            "beta_zero_share": _train_mean(group, "beta_zero_token_share"),
             "final_length": statistics.fmean(length[-1]), "final_answer_rate": statistics.fmean(answered[-1]),
-            "collapsed_seeds": sum(collapsed(run) for run in group),
-            # How far each run ended below its own best held-out accuracy (0 when it ended at its best).
+            "collapses": sum(collapses), "collapse_interval": wilson(sum(collapses), len(group)),
+            "monitor": {"hits": sum(c and f for c, f in zip(collapses, fired)),
+                        "misses": sum(c and not f for c, f in zip(collapses, fired)),
+                        "false_alarms": sum(f and not c for c, f in zip(collapses, fired))},
             "fall_from_best": mean_ci([max(run) - run[-1] for run in zip(*acc)]),
             "step_time": statistics.fmean(step_times) if step_times else math.nan,
         }
     for row in table.values():
-        setting = row["setting"] if (row["setting"], "grpo") in runs else "clean"  # GRPO never reads the PRM
-        grpo = table.get(f"{setting}/grpo")
+        baseline = runs.get((row["level"], "clean", "grpo"), [])  # GRPO never reads the PRM
+        grpo = table.get(f"{row['level']}/clean/grpo")
         target = grpo["final_accuracy"][0] if grpo else math.nan
         reached = [s for s, a in zip(row["steps"], row["accuracy_curve"]) if a >= target]
         row["steps_to_grpo_final"] = reached[0] if reached else None
-        baseline = runs.get((setting, "grpo"), [])
-        group = runs[(row["setting"], row["method"])]
-        row["vs_grpo"] = paired_difference(group, baseline, "heldout/accuracy")
-        row["vs_grpo_sampled"] = paired_difference(group, baseline, "heldout/sampled_accuracy")
+        group = runs[(row["level"], row["quality"], row["method"])]
+        row["vs_grpo"] = paired_difference(group, baseline, final("heldout/accuracy"))
+        row["vs_grpo_sampled"] = paired_difference(group, baseline, final("heldout/sampled_accuracy"))
+        row["vs_grpo_auc"] = paired_difference(group, baseline, auc)
     return table
 
 
@@ -137,75 +205,107 @@ def _signed(mean_half: tuple[float, float]) -> str:
 
 
 def markdown(table: dict[str, dict]) -> str:
-    """The results table (accuracies in %, mean ± 95% t-interval half-width over seeds;
-    "minus GRPO" columns: the per-seed difference to GRPO's final accuracy, in points; "fall from
-    best": how far each run's final greedy accuracy lies below its own best evaluation)."""
+    """The results table (accuracies in %, mean ± 95% t-interval half-width over seeds; "minus GRPO":
+    the per-seed difference to clean GRPO of the same level, in points; AUC: mean greedy held-out
+    accuracy under the curve; collapse: runs collapsed by the written definition, 95% Wilson
+    interval, and the monitor's hits / misses / false alarms against it)."""
     lines = [
-        "| setting | method | seeds | final step | greedy held-out start | greedy held-out final | sampled held-out start "
-        "| sampled held-out final | training acc. first 3 steps | training acc. last 3 steps | longer chains final "
-        "| minus GRPO, greedy (paired) | minus GRPO, sampled (paired) "
-        "| steps to GRPO's final (greedy) | final length | final-answer rate | collapse | fall from best (greedy) "
-        "| step time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| level | PRM | method | seeds | final step | greedy start | greedy final | sampled final | AUC "
+        "| minus GRPO, greedy | minus GRPO, sampled | minus GRPO, AUC | steps to GRPO's final "
+        "| all-same-outcome groups | tokens with beta = 0 | final-answer rate | final length "
+        "| collapsed (95% CI) | monitor hit / miss / false alarm | fall from best | step time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.values():
         reach = "—" if row["steps_to_grpo_final"] is None else str(row["steps_to_grpo_final"])
-        collapse = f"yes ({row['collapsed_seeds']}/{row['seeds']})" if row["collapsed_seeds"] * 2 > row["seeds"] else (
-            f"no ({row['collapsed_seeds']}/{row['seeds']})")
+        low, high = row["collapse_interval"]
+        monitor = row["monitor"]
         lines.append(
-            f"| {row['setting']} | {row['method']} | {row['seeds']} | {row['steps'][-1]} | {_pct(row['initial_accuracy'])} "
-            f"| {_pct(row['final_accuracy'])} | {_pct(row['initial_sampled_accuracy'])} "
-            f"| {_pct(row['final_sampled_accuracy'])} | {_pct(row['train_accuracy_first'])} "
-            f"| {_pct(row['train_accuracy_last'])} | {_pct(row['final_accuracy_long'])} "
-            f"| {_signed(row['vs_grpo'])} | {_signed(row['vs_grpo_sampled'])} | {reach} "
-            f"| {row['final_length']:.1f} | {100 * row['final_answer_rate']:.0f}% | {collapse} "
+            f"| {row['level']} | {row['quality']} | {row['method']} | {row['seeds']} | {row['steps'][-1]} "
+            f"| {_pct(row['initial_accuracy'])} | {_pct(row['final_accuracy'])} | {_pct(row['final_sampled_accuracy'])} "
+            f"| {_pct(row['auc'])} | {_signed(row['vs_grpo'])} | {_signed(row['vs_grpo_sampled'])} "
+            f"| {_signed(row['vs_grpo_auc'])} | {reach} | {_pct(row['same_outcome_groups'])} "
+            f"| {_pct(row['beta_zero_share'])} | {100 * row['final_answer_rate']:.0f}% | {row['final_length']:.1f} "
+            f"| {row['collapses']}/{row['seeds']} ({100 * low:.0f}-{100 * high:.0f}%) "
+            f"| {monitor['hits']} / {monitor['misses']} / {monitor['false_alarms']} "
             f"| {_pct(row['fall_from_best'])} | {row['step_time']:.2f} |"
         )
-    clean = {r["method"]: r for r in table.values() if r["setting"] == "clean"}
-    if "prpo" in clean and "grpo" in clean and clean["grpo"]["step_time"] > 0:
-        lines += ["", f"PRPO/GRPO step-time ratio (clean runs): {clean['prpo']['step_time'] / clean['grpo']['step_time']:.2f}"]
     return "\n".join(lines) + "\n"
 
 
+def _band(ax, steps: list[int], values: list[list[float]], label: str) -> None:
+    """Mean over runs against step, with its 95% band."""
+    stats = [mean_ci(v) for v in values]
+    means = [m for m, _ in stats]
+    halves = [0.0 if math.isnan(h) else h for _, h in stats]
+    ax.plot(steps, means, label=label)
+    ax.fill_between(steps, [m - h for m, h in zip(means, halves)], [m + h for m, h in zip(means, halves)], alpha=0.15)
+
+
 def plot(results: Path, out_dir: Path) -> list[Path]:
-    """Held-out accuracy and response length against step, one line per method with a 95% band, per setting."""
+    """One figure per level (held-out greedy and sampled accuracy, all-same-outcome groups and tokens with
+    beta = 0 per training step; one line per PRM quality and method), and the PRPO-GRPO summary plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = load_runs(results)
+    levels = level_order(results, runs)
+    panels = [("eval", "heldout/accuracy", "held-out accuracy, greedy"),
+              ("eval", "heldout/sampled_accuracy", "held-out accuracy, sampled T=1"),
+              ("train", "frac_groups_same_outcome", "groups with all-same outcomes"),
+              ("train", "beta_zero_token_share", "share of tokens with beta = 0")]
     written = []
-    for setting in sorted({s for s, _ in runs}):
-        fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
-        panels = [("eval", "heldout/accuracy", "held-out accuracy, greedy (trained lengths)"),
-                  ("eval", "heldout/sampled_accuracy", "held-out accuracy, sampled T=1 (trained lengths)"),
-                  ("eval", "heldout_long/accuracy", "held-out accuracy (longer chains)"),
-                  ("train", "completions/mean_length", "training response length (tokens)")]
+    for level in levels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(22, 4.5))
         for ax, (source, key, title) in zip(axes, panels):
-            for (run_setting, method), group in sorted(runs.items()):
-                if run_setting != setting:
+            for (run_level, quality, method), group in sorted(runs.items()):
+                if run_level != level:
                     continue
                 steps, values = curve(group, source, key)
-                if not steps:
-                    continue
-                stats = [mean_ci(v) for v in values]
-                means = [m for m, _ in stats]
-                halves = [0.0 if math.isnan(h) else h for _, h in stats]
-                ax.plot(steps, means, label=method)
-                ax.fill_between(steps, [m - h for m, h in zip(means, halves)],
-                                [m + h for m, h in zip(means, halves)], alpha=0.15)
+                if steps:
+                    _band(ax, steps, values, method if quality == "clean" else f"{method} ({quality} PRM)")
             ax.set_title(title)
             ax.set_xlabel("RL step")
             ax.grid(alpha=0.3)
-        axes[0].legend()
-        fig.suptitle(f"prpo bench ({setting} PRM): mean over seeds, 95% interval")
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"prpo bench, level {level}: mean over seeds, 95% interval")
         fig.tight_layout()
-        path = out_dir / f"bench-{setting}.png"
-        fig.savefig(path, dpi=110)
+        written.append(out_dir / f"bench-{level}.png")
+        fig.savefig(written[-1], dpi=100)
         plt.close(fig)
-        written.append(path)
+    written.append(plot_difference(summarise(results), levels, out_dir / "bench-prpo-minus-grpo.png"))
     return written
+
+
+def plot_difference(table: dict[str, dict], levels: list[str], path: Path) -> Path:
+    """PRPO minus GRPO (paired, final greedy accuracy and AUC) against difficulty, one line per PRM quality."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in zip(axes, ("vs_grpo", "vs_grpo_auc"), ("final greedy accuracy", "area under the curve")):
+        for quality in ("clean", "noisy", "biased"):
+            points = [(i, table[f"{level}/{quality}/prpo"][key]) for i, level in enumerate(levels)
+                      if f"{level}/{quality}/prpo" in table]
+            if points:
+                ax.errorbar([i for i, _ in points], [100 * m for _, (m, _) in points],
+                            yerr=[0 if math.isnan(h) else 100 * h for _, (_, h) in points],
+                            marker="o", capsize=4, label=f"{quality} PRM")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(levels)), levels)
+        ax.set_xlabel("difficulty level (easiest first)")
+        ax.set_ylabel("PRPO - GRPO (points, paired by seed)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def write_summary(results: Path) -> Path:

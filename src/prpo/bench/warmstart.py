@@ -9,31 +9,42 @@ from datasets import Dataset
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from prpo.bench.data import bench_task, warm_start_rows
+from prpo.bench.family import TaskFamily
 from prpo.bench.policy import PolicySize, build_policy, char_tokenizer
+
+
+def warm_start_rows(family: TaskFamily, problems: int, seed: int) -> list[dict[str, str]]:
+    """Prompt/completion rows for supervised warm start: ``problems`` train problems spread evenly over
+    the family's levels, each with a solution carrying the family's systematic errors."""
+    from prpo.tasks.templates import get_template
+
+    rng, rows = random.Random(seed), []
+    for level in family.levels:
+        task = family.task("train", problems // len(family.levels), level, seed)
+        template = get_template(task.template)
+        rows += [{"prompt": template.text(e.problem), "completion": family.warm_solution(e, rng)} for e in task.examples]
+    return rows
 
 
 def warm_start(
     output_dir: str | Path,
+    family: TaskFamily,
     *,
     size: PolicySize,
     seed: int,
     problems: int,
     epochs: float,
-    error_rate: float,
-    misconception_rate: float = 0.0,
     learning_rate: float = 3e-3,
     batch_size: int = 64,
     use_cpu: bool = True,
     progress: bool = False,
 ) -> Path:
-    """Train a fresh policy on solutions with step errors (slips at ``error_rate``, dropped carries at
-    ``misconception_rate``); save it with its tokenizer to ``output_dir``."""
+    """Train a fresh policy on the family's solutions with systematic errors (`warm_start_rows`);
+    save it with its tokenizer to ``output_dir``. One warm start serves every level of the family."""
     output_dir = Path(output_dir)
     tokenizer = char_tokenizer()
     model = build_policy(size, tokenizer, seed)
-    task = bench_task("train", problems, steps=(2, 3), seed=seed)
-    rows = warm_start_rows(task, random.Random(seed), error_rate, misconception_rate)
+    rows = warm_start_rows(family, problems, seed)
     args = SFTConfig(
         output_dir=str(output_dir / "sft"),
         num_train_epochs=epochs,

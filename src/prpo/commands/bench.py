@@ -5,25 +5,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prpo.bench.runner import METHODS, SETTINGS, SIZES
+from prpo.bench.family import QUALITIES
+from prpo.bench.runner import DEFAULT_FAMILY, METHODS, SIZES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prpo bench",
-        description="Train a small policy from scratch on arithmetic, then run RL with every advantage method "
-        "and seed under identical budgets; write raw JSONL, a Markdown table and PNG plots.",
+        description="Warm-start a small policy from scratch on a task family, then run RL on every difficulty "
+        "level with every advantage method, PRM quality and seed under identical budgets; write raw JSONL, "
+        "a Markdown table and PNG plots (docs/bench.md).",
     )
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu",
-                        help="cpu: about 25 min on 2 cores (measured); gpu: the matrix sized for one H100/H200-class GPU")
+                        help="cpu: the headline matrix for 2 cores (time in docs/bench.md); gpu: sized for one H100/H200-class GPU; "
+                        "smoke: seconds, for CI")
+    parser.add_argument("--family", default=DEFAULT_FAMILY,
+                        help="task family MODULE:NAME or path/to/file.py:NAME (interface: prpo.bench.family)")
+    parser.add_argument("--levels", nargs="+", default=None, help="difficulty levels to run (default: all of the family's)")
+    parser.add_argument("--prm", nargs="+", choices=QUALITIES, default=["clean"], dest="qualities",
+                        help="PRM qualities: clean (default), noisy (verdicts flipped at random), biased (uncheckable "
+                        "lines and answerless stops rated good); noisy and biased only for methods that read the PRM")
     parser.add_argument("--output", type=Path, default=Path("results/bench"), help="results directory")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="advantage methods to compare")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default: the preset's)")
     parser.add_argument("--rl-steps", type=int, default=None,
                         help="RL steps per run (default: the preset's); e.g. a longer horizon for collapse")
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS),
-                        help="PRM settings to run: clean, and noisy for the methods that read the PRM")
     parser.add_argument("--summary-only", action="store_true", help="rebuild table and plots from existing runs")
     return parser
 
@@ -43,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         from prpo.bench.runner import run_bench
 
         try:
-            run_bench(args.size, args.output, methods=args.methods, seeds=args.seeds, jobs=args.jobs,
-                      rl_steps=args.rl_steps, settings=args.settings)
-        except ValueError as error:
+            run_bench(args.size, args.output, family=args.family, levels=args.levels, qualities=args.qualities,
+                      methods=args.methods, seeds=args.seeds, jobs=args.jobs, rl_steps=args.rl_steps)
+        except (ValueError, RuntimeError) as error:
             raise SystemExit(f"prpo bench: {error}") from None
     path = write_summary(args.output)
     print(path.read_text())
