@@ -18,4 +18,7 @@ def build(model, dataset, **config):
 
 
 if __name__ == "__main__":
-    build("Qwen/Qwen2.5-0.5B-Instruct", load_dataset("trl-lib/DeepMath-103K", split="train")).train()
+    build(
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        load_dataset("trl-lib/DeepMath-103K", split="train"),
+    ).train()

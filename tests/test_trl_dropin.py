@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -111,6 +112,17 @@ def test_grpo_and_prpo_differ_only_in_the_advantages(tiny_causal_lm_dir, tmp_pat
     prpo.outcome_reward.rewards[0] = math.nan
     after = prpo.token_advantages(batch_p, out_p, prpo._rollout_lengths, "eval")
     assert torch.all(after[0] == 0) and torch.equal(after[1:], before[1:])
+
+
+def test_the_readme_shows_the_example_scripts():
+    """The README's side-by-side code is examples/grpo_math.py and prpo_math.py without their docstrings."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## For TRL users"):]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:2]
+    for block, name in zip(blocks, ("grpo_math", "prpo_math"), strict=True):
+        script = (REPO_ROOT / "examples" / f"{name}.py").read_text()
+        code = script[script.index('"""', 3) + 3:]
+        assert [line for line in block.splitlines() if line] == [line for line in code.splitlines() if line], name
 
 
 # ----------------------------------------------------------------------------- data and rewards, no model
