@@ -83,3 +83,20 @@ def tiny_causal_lm_dir(tmp_path_factory, qwen_tokenizer) -> Path:
     model.save_pretrained(path)
     qwen_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_step_tag_prm_dir(tmp_path_factory, qwen_tokenizer_dir) -> Path:
+    """A tiny random 2-label Qwen2ForTokenClassification with the Qwen tokenizer plus `<extra_0>`: a stand-in
+    of Qwen2.5-Math-PRM-7B for the `step_tag` PRM."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2ForTokenClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<extra_0>"]})
+    torch.manual_seed(0)
+    model = Qwen2ForTokenClassification(tiny_qwen2_config(len(tokenizer), num_labels=2, initializer_range=0.5))
+    path = tmp_path_factory.mktemp("tiny-step-tag-prm")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -29,24 +29,10 @@ SEGMENTS = [
 ]
 
 
-def _tag_tokenizer(qwen_tokenizer_dir):
-    tokenizer = AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir))
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<extra_0>"]})
-    return tokenizer
-
-
 @pytest.fixture(scope="module")
-def step_tag_dir(tmp_path_factory, qwen_tokenizer_dir):
-    """Tiny random Qwen2ForTokenClassification(num_labels=2) + Qwen tokenizer with `<extra_0>`."""
-    from transformers import Qwen2ForTokenClassification
-
-    tokenizer = _tag_tokenizer(qwen_tokenizer_dir)
-    torch.manual_seed(0)
-    model = Qwen2ForTokenClassification(tiny_qwen2_config(len(tokenizer), num_labels=2, initializer_range=0.5))
-    path = tmp_path_factory.mktemp("tiny-step-tag-prm")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def step_tag_dir(tiny_step_tag_prm_dir):
+    """Tiny random Qwen2ForTokenClassification(num_labels=2) + Qwen tokenizer with `<extra_0>` (conftest)."""
+    return tiny_step_tag_prm_dir
 
 
 @pytest.fixture(scope="module")
