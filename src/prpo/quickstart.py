@@ -22,6 +22,7 @@ from transformers import ProgressCallback
 
 from prpo.evaluation import EvalResult, evaluate_model, mcnemar_improvement, paired_correctness
 from prpo.metrics import read_jsonl
+from prpo.model_card import ModelCard, ModelCardCallback, name_adapter_base
 from prpo.report import BEFORE_AFTER_FILE, build_report
 from prpo.tasks import Task
 
@@ -89,9 +90,10 @@ def before_after_table(data: dict[str, Any], title: str) -> str:
 
 
 def train_and_report(trainer, eval_task: Task | None, *, max_new_tokens: int, batch_size: int, final_dir: Path,
-                     resume: bool = False) -> dict[str, Any] | None:
+                     resume: bool = False, card: ModelCard | None = None) -> dict[str, Any] | None:
     """Evaluate (if `eval_task`), train, save the model to `final_dir`, evaluate again, print the table,
-    write the report.
+    write the report. With a `card`, every saved model folder gets it as README.md and LoRA adapters
+    name `card.base_model` as their base (not the resolved cache path).
 
     Returns the before/after data (None without an eval task): each phase's `summary_entry` and
     `mcnemar` (`prpo.evaluation.mcnemar_improvement` on the paired problems).
@@ -101,6 +103,9 @@ def train_and_report(trainer, eval_task: Task | None, *, max_new_tokens: int, ba
     trainer.remove_callback(ProgressCallback)
     if not trainer.args.disable_tqdm:
         trainer.add_callback(TrainingProgress())
+    if card is not None:
+        name_adapter_base(trainer.model, card.base_model)
+        trainer.add_callback(ModelCardCallback(card))
     data: dict[str, Any] | None = None
     if eval_task is not None:
         before_dir = run_dir / EVAL_DIR / "before"
@@ -113,6 +118,8 @@ def train_and_report(trainer, eval_task: Task | None, *, max_new_tokens: int, ba
                                        folder=before_dir)
     trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_model(str(final_dir))
+    if card is not None and main:
+        card.write(final_dir)
     if eval_task is not None:
         _say(main, "held-out evaluation of the trained policy")
         after = held_out_accuracy(trainer, eval_task, max_new_tokens=max_new_tokens, batch_size=batch_size,
