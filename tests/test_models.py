@@ -181,6 +181,54 @@ def test_resolve_model_passes_hub_ids_through():
     assert resolve_model("gpt2") == "gpt2"
 
 
+def _save_lora_adapter(base: Path, folder: Path, base_reference: str):
+    """A LoRA adapter with random (non-zero) weights on `base`, saved naming `base_reference` as its base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from prpo.model_card import name_adapter_base
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    name_adapter_base(model, base_reference)
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def test_adapter_run_loads_as_base_plus_adapter_merged_once(tiny_causal_lm_dir, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setenv("PRPO_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    adapter = _save_lora_adapter(tiny_causal_lm_dir, run / "checkpoint-2", str(tiny_causal_lm_dir))
+    assert json.loads((run / "checkpoint-2" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_causal_lm_dir)
+    folder = resolve_model(str(run))  # a run directory whose checkpoint holds an adapter
+    assert Path(folder).parent == tmp_path / "cache" / "models" and (Path(folder) / "config.json").is_file()
+    assert "merging the LoRA adapter" in capsys.readouterr().err
+    assert resolve_model(str(run / "checkpoint-2")) == folder and capsys.readouterr().err == ""  # built once
+    model, _ = load_policy(str(run), device="cpu")
+    base, _ = load_policy(str(tiny_causal_lm_dir), device="cpu")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        merged_logits, adapter_logits, base_logits = model(ids).logits, adapter(ids).logits, base(ids).logits
+    torch.testing.assert_close(merged_logits, adapter_logits, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(merged_logits, base_logits, atol=1e-4)  # the adapter changed the model
+
+
+def test_adapter_base_reference_is_resolved_by_name_or_relative_path(tiny_causal_lm_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRPO_CACHE_DIR", str(tmp_path / "cache"))
+    _copy_model(tiny_causal_lm_dir, tmp_path / "moved" / "base")
+    _save_lora_adapter(tiny_causal_lm_dir, tmp_path / "moved" / "run" / "final", "../../base")
+    assert Path(resolve_model(str(tmp_path / "moved" / "run"))).parent == tmp_path / "cache" / "models"
+    config = tmp_path / "moved" / "run" / "final" / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": None}))
+    with pytest.raises(ValueError, match="adapter_config.json: base_model_name_or_path is None"):
+        resolve_model(str(tmp_path / "moved" / "run"))
+
+
 def test_load_policy_is_ready_for_batched_generation(tiny_causal_lm_dir):
     import torch
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from prpo.cli import main as cli_main
+from prpo.commands.eval import main as eval_main
 from prpo.evaluation import accuracy_interval
 from prpo.quickstart import before_after_table
 
@@ -69,6 +70,38 @@ def test_tiny_quickstart_report_shows_curves_and_scored_segments(tiny_run):
     assert segments and all(seg["prm_score"] in (0.1, 0.5, 0.9) for seg in segments)
     first = shown[0]["segments"][0]
     assert f'0: s={first["prm_score"]:.2f}, A={first["advantage_mean"]:+.2f}' in page
+
+
+@pytest.fixture(scope="module")
+def tiny_lora_run(tiny_causal_lm_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("quickstart-lora") / "run"
+    code = cli_main(["train", str(CONFIGS / "cpu-tiny.yaml"), "--model.model_name_or_path", str(tiny_causal_lm_dir),
+                     "--model.use_peft", "true", "--model.lora_r", "2", "--save_strategy", "steps", "--save_steps", "2",
+                     "--output_dir", str(run)])
+    assert code == 0
+    return run
+
+
+def test_lora_run_folders_carry_the_card_and_the_configured_base(tiny_lora_run, tiny_causal_lm_dir):
+    for folder in (tiny_lora_run / "checkpoint-2", tiny_lora_run / "final"):
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str(tiny_causal_lm_dir)  # as configured, not a cache path
+        card = (folder / "README.md").read_text()
+        assert f"base_model: {tiny_causal_lm_dir}" in card and "library_name: peft" in card
+        assert "with PRPO" in card and "arXiv 2601.07182" in card and "on the `arithmetic` task" in card
+        assert "A seconds-long CPU run used by the tests" in card  # what the run is: the config's header
+        assert "max_steps: 2" in card  # the resolved config
+
+
+def test_lora_run_evaluates_as_base_plus_adapter(tiny_lora_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRPO_CACHE_DIR", str(tmp_path / "cache"))
+    for model in (tiny_lora_run, tiny_lora_run / "final", tiny_lora_run / "checkpoint-2"):
+        out = tmp_path / model.name
+        assert eval_main([str(model), "--benchmark", "arithmetic", "--limit", "2", "--max-new-tokens", "4",
+                          "--device", "cpu", "--output", str(out)]) == 0
+        assert json.loads((out / "summary.json").read_text())["num_problems"] == 2
+    # the run directory is its final/: two merges (final/, checkpoint-2/), not three
+    assert len(list((tmp_path / "cache" / "models").glob("merged-*/config.json"))) == 2
 
 
 def test_before_after_table_has_intervals_and_the_change():

