@@ -25,18 +25,21 @@ def _file_rows(path):
 # every file format, on a few rows of each (tests/fixtures/data)
 
 
-def test_math500_rows_from_the_fixture(fixture_data):
-    task = load_task("math500", data_file=fixture_data / "math500.jsonl")
-    rows = _file_rows(fixture_data / "math500.jsonl")
-    assert len(task) == 5 and task.template == "qwen_boxed"
+@pytest.mark.parametrize(("folder", "size"), [("fixture_data", 5), ("shared_data", 500)])
+def test_math500_from_file(request, folder, size):
+    data = request.getfixturevalue(folder)  # the full file: an extra check where ../shared/data exists
+    task = load_task("math500", data_file=data / "math500.jsonl")
+    rows = _file_rows(data / "math500.jsonl")
+    assert len(task) == size and task.template == "qwen_boxed"
     first = task.examples[0]
     assert first.id == rows[0]["unique_id"] == "test/precalculus/807.json"
     assert first.problem == rows[0]["problem"]  # verbatim: the PRM sees the dataset's text
     assert first.answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
-    assert first.meta["level"] == rows[0]["level"] and first.meta["solution"] == rows[0]["solution"]
-    assert task.examples[3].answer == "\\text{Evelyn}"
-    assert [e.meta["subject"] for e in task.examples] == [
-        "Precalculus", "Intermediate Algebra", "Algebra", "Algebra", "Prealgebra"]
+    assert first.meta["subject"] == "Precalculus" and first.meta["level"] == rows[0]["level"]
+    assert first.meta["solution"] == rows[0]["solution"] and "\\boxed" in first.meta["solution"]
+    evelyn = 3 if size == 5 else 4  # the fixture skips row 3 of the full file
+    assert task.examples[evelyn].answer == "\\text{Evelyn}"
+    assert len({example.id for example in task.examples}) == size
 
 
 def test_default_files_from_data_dir_and_env_on_fixtures(fixture_data, monkeypatch):
@@ -81,19 +84,6 @@ def test_aime_and_amc_answers_from_the_fixtures(fixture_data):
 
 # ---------------------------------------------------------------------------------------------
 # the full benchmark files (extra checks where ../shared/data exists)
-
-
-def test_math500_from_file(shared_data):
-    task = load_task("math500", data_file=shared_data / "math500.jsonl")
-    rows = _file_rows(shared_data / "math500.jsonl")
-    assert len(task) == 500 and task.template == "qwen_boxed"
-    first = task.examples[0]
-    assert first.id == rows[0]["unique_id"] == "test/precalculus/807.json"
-    assert first.problem == rows[0]["problem"]  # verbatim: the PRM sees the dataset's text
-    assert first.answer == rows[0]["answer"]
-    assert first.meta["subject"] == "Precalculus" and first.meta["level"] == rows[0]["level"]
-    assert "\\boxed" in first.meta["solution"]
-    assert len({example.id for example in task.examples}) == 500
 
 
 def test_default_file_from_data_dir_and_env(shared_data, monkeypatch):
