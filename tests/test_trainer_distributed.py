@@ -1,4 +1,5 @@
-"""Two processes give the advantages of one; a killed run resumed from its checkpoint matches an uninterrupted one."""
+"""One and two processes give the hand-computed advantages and metrics of a step; a killed run resumed from
+its checkpoint matches an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -12,79 +13,55 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_trainer_step import EXPECTED_ADVANTAGES, EXPECTED_METRICS, LENGTHS
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
-# One fixed global batch of 8 responses to 2 prompts, interleaved so that every group has rows on
-# both processes. Each process scores its own half; the advantages must not depend on the split.
+# The hand-built step of tests/test_trainer_step.py: 8 responses to 2 prompts, interleaved so that every group
+# has rows on both processes. Each process grades and scores its own half; the advantages and metrics must be
+# the hand-computed ones whatever the split.
 SCRIPT = r'''
 import json, sys
-import torch
+sys.path.insert(0, sys.argv[3])
 from accelerate.utils import gather_object
-from prpo.config import PRPOConfig
 from prpo.trainer import PRPOTrainer
-from datasets import Dataset
+from test_trainer_step import WordPRM, answer_grader, run_step, step_config, step_dataset
 
 model_dir, out_path = sys.argv[1], sys.argv[2]
-
-class LengthPRM:
-    prm_id = "length"
-    def score(self, problems, segments):
-        return [[0.1 + 0.2 * (len(t) % 5) for t in row] for row in segments]
-
-problems = ["What is 3 + 4?", "What is 12 + 5?"]
-data = Dataset.from_list([{"prompt": p, "problem": p, "answer": a, "prompt_id": f"q{i}"}
-                          for i, (p, a) in enumerate(zip(problems, ["7", "17"]))])
-args = PRPOConfig(output_dir=out_path + ".run", method="prpo", normalization="group", prm={"type": "arithmetic"},
-                  segmenter="fixed", segment_length=3, num_generations=4, per_device_train_batch_size=4,
-                  beta=0.0, max_completion_length=12, report_to=[], use_cpu=True, samples_per_step=0,
-                  activation_checkpointing=False)
-trainer = PRPOTrainer(model_dir, args=args, train_dataset=data, prm=LengthPRM(), grader=lambda r, g: [False] * len(r))
-g = torch.Generator().manual_seed(0)
-rows = 8
-lengths = [12, 7, 9, 12, 3, 11, 5, 8]
-ids = torch.randint(200, 5000, (rows, 12), generator=g)
-group = [0, 1, 0, 1, 0, 1, 0, 1]
-rewards = [1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0, -1.0]
+trainer = PRPOTrainer(model_dir, args=step_config(out_path + ".run"), train_dataset=step_dataset(), prm=WordPRM(),
+                      grader=answer_grader)
 rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
-local = list(range(rank * rows // world, (rank + 1) * rows // world))
-width = max(lengths[i] for i in local)  # each process pads to its own longest response
-completion_ids = torch.stack([ids[i, :width] for i in local])
-reward = trainer.outcome_reward
-reward.rewards = [rewards[i] for i in local]
-reward.correct = [rewards[i] > 0 for i in local]
-reward.texts = [trainer._tokenizer.decode(ids[i, :lengths[i]]) for i in local]
-inputs = [{"prompt_id": f"q{group[i]}", "problem": problems[group[i]], "answer": "0", "prompt": ""} for i in local]
-advantages = trainer.token_advantages(inputs, {"completion_ids": completion_ids}, [lengths[i] for i in local], "train")
-result = gather_object([{"row": i, "advantages": advantages[j, :lengths[i]].tolist()} for j, i in enumerate(local)])
+local = list(range(rank * 8 // world, (rank + 1) * 8 // world))
+advantages, metrics = run_step(trainer, local)
+result = gather_object([{"row": i, "advantages": advantages[j].tolist()} for j, i in enumerate(local)])
 if trainer.accelerator.is_main_process:
-    json.dump({"rows": result, "metrics": {k: v[-1] for k, v in trainer._metrics["train"].items() if not k.startswith("time/")}},
-              open(out_path, "w"))
+    json.dump({"rows": result, "metrics": metrics}, open(out_path, "w"))
 '''
 
 
 def _launch(script: Path, processes: int, model_dir: Path, out: Path) -> dict:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--cpu",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(script), str(model_dir), str(out)]
+           str(script), str(model_dir), str(out), str(REPO / "tests")]
     proc = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 
 
-def test_two_processes_give_the_advantages_of_one(tiny_causal_lm_dir, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_one_and_two_processes_give_the_hand_computed_step(processes, tiny_causal_lm_dir, tmp_path):
     script = tmp_path / "advantages.py"
     script.write_text(SCRIPT)
-    one = _launch(script, 1, tiny_causal_lm_dir, tmp_path / "one.json")
-    two = _launch(script, 2, tiny_causal_lm_dir, tmp_path / "two.json")
-    by_row = lambda result: {r["row"]: r["advantages"] for r in result["rows"]}  # noqa: E731
-    assert sorted(by_row(two)) == list(range(8))
-    for row, values in by_row(one).items():
-        torch.testing.assert_close(torch.tensor(by_row(two)[row]), torch.tensor(values), rtol=1e-5, atol=1e-6)
-    assert any(abs(v) > 0.1 for values in by_row(one).values() for v in values)
-    for key, value in one["metrics"].items():
-        assert two["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    result = _launch(script, processes, tiny_causal_lm_dir, tmp_path / "out.json")
+    rows = {r["row"]: r["advantages"] for r in result["rows"]}
+    assert sorted(rows) == list(range(8))
+    for row, expected in enumerate(EXPECTED_ADVANTAGES):
+        values = torch.tensor(rows[row])
+        torch.testing.assert_close(values[:LENGTHS[row]], torch.tensor(expected), rtol=1e-5, atol=1e-5)
+        assert not values[LENGTHS[row]:].any()  # padding up to this process's own width
+    for key, value in EXPECTED_METRICS.items():
+        assert result["metrics"][key] == pytest.approx(value, rel=1e-6), key
 
 
 def _train(run: Path, model_dir: Path, *extra: str) -> subprocess.Popen:
