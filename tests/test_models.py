@@ -119,9 +119,9 @@ def test_gguf_cache_rebuilds_a_damaged_or_stale_conversion(damage, tiny_gguf, tm
 
 def test_gguf_conversion_of_a_corrupt_file_fails_and_leaves_nothing(tmp_path):
     bad = tmp_path / "bad.gguf"
-    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    bad.write_bytes(b"GGUF" + b"\0" * 64)  # the magic, then version 0 and nothing else
     target = tmp_path / "cache" / "bad"
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=r"bad\.gguf is GGUF v0; this reader handles v2 and v3"):
         converted_gguf_folder(bad, target, "Bad")
     assert not target.exists()
     assert [p.name for p in target.parent.iterdir()] == ["bad.lock"]
