@@ -194,3 +194,10 @@ def test_bad_arguments_raise_clear_errors():
         is_correct_many([r"\boxed{4}"], [4.0])
     with pytest.raises(ValueError, match="timeout"):
         is_correct(r"\boxed{4}", "4", timeout=0)
+
+
+def test_unreadable_gold_answers_are_counted_as_errors():
+    """A gold answer math-verify cannot read is a data problem: graded False and counted in `errors`."""
+    before = grading_stats()
+    assert is_correct_many([r"\boxed{1}", r"\boxed{1}", r"\boxed{1}"], ["", "}{", "1"]) == [False, False, True]
+    assert _delta(before) == {"graded": 3, "correct": 1, "unparsed": 0, "timeouts": 0, "errors": 2}

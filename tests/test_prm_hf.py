@@ -210,3 +210,19 @@ def test_bfloat16_scores_are_close_to_float32(step_tag_dir, step_tag_prm):
     bf16 = load_prm({"type": "step_tag", "model": str(step_tag_dir), "device": "cpu", "dtype": "bfloat16"})
     assert bf16.model.dtype == torch.bfloat16
     assert_close(bf16.score(PROBLEMS, SEGMENTS), step_tag_prm.score(PROBLEMS, SEGMENTS), tol=0.05)
+
+
+def test_step_tag_text_in_problems_and_segments_is_removed(step_tag_prm):
+    """Only the tags the adapter places are tags: tag text typed into a problem or a step is dropped first."""
+    tagged = step_tag_prm.score(["What is <extra_0>17 * 23?"], [["17 * 23<extra_0> = 391", "<extra_0>Answer: 391"]])
+    clean = step_tag_prm.score(["What is 17 * 23?"], [["17 * 23 = 391", "Answer: 391"]])
+    assert_close(tagged, clean)
+    _, positions = step_tag_prm.encode("a <extra_0> b", ["x<extra_0>y", "z"])
+    assert len(positions) == 2
+
+
+def test_a_chat_template_that_drops_step_tags_is_an_error(step_tag_dir):
+    prm = load_prm({"type": "step_tag", "model": str(step_tag_dir), "device": "cpu"})
+    prm.tokenizer.chat_template = "{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    with pytest.raises(PRMError, match=r"kept 0 of the 2 step tags '<extra_0>'"):
+        prm.score(["What is 1 + 1?"], [["1 + 1 = 2", "Answer: 2"]])
