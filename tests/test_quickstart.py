@@ -88,6 +88,7 @@ def test_lora_run_folders_carry_the_card_and_the_configured_base(tiny_lora_run, 
         assert adapter["base_model_name_or_path"] == str(tiny_causal_lm_dir)  # as configured, not a cache path
         card = (folder / "README.md").read_text()
         assert f"base_model: {tiny_causal_lm_dir}" in card and "library_name: peft" in card
+        assert card.count("- prpo\n") == 1 and "A LoRA adapter trained from" in card
         assert "with PRPO" in card and "arXiv 2601.07182" in card and "on the `arithmetic` task" in card
         assert "A seconds-long CPU run used by the tests" in card  # what the run is: the config's header
         assert "max_steps: 2" in card  # the resolved config
@@ -115,3 +116,12 @@ def test_before_after_table_has_intervals_and_the_change():
     assert "50.0%" in lines[3] and "38.0-62.0%" in lines[3] and "32/64" in lines[3]
     assert lines[4].split() == ["change", "+25.0", "points"]
     assert lines[5] == "one-sided exact McNemar test: p = 0.00647 (12 problems improved, 2 worsened)"
+
+
+def test_compact_template_puts_our_system_line_before_the_one_shot():
+    from prpo.tasks import get_template
+
+    messages = get_template("arithmetic_compact").messages("How many?")
+    assert messages[0] == {"role": "system", "content": "Solve with one equation per line, then write Answer: N."}
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[2]["content"] == "3 + 4 = 7\n7 * 2 = 14\nAnswer: 14" and messages[-1]["content"] == "How many?"

@@ -39,15 +39,15 @@ class ModelCard:
         """The card for `folder` (its kind, adapter or full model, decides the loading lines)."""
         hub_id = SMOLLM2_HUB_ID if self.base_model == SMOLLM2_ALIAS else self.base_model
         adapter = (folder / ADAPTER_CONFIG).is_file()
-        kind = "a LoRA adapter" if adapter else "a full model"
+        tags = dict.fromkeys(["prpo", "trl", self.method, "reinforcement-learning"])  # ordered, no repeats
         header = "\n".join(
-            ["---", f"base_model: {hub_id}", f"library_name: {'peft' if adapter else 'transformers'}",
-             "tags:", "- prpo", "- trl", f"- {self.method}", "- reinforcement-learning", "---"]
+            ["---", f"base_model: {hub_id}", f"library_name: {'peft' if adapter else 'transformers'}", "tags:",
+             *(f"- {tag}" for tag in tags), "---"]
         )
         method = "PRPO" if self.method == "prpo" else f"the `{self.method}` baseline of the prpo library"
         lines = [
             header, "", f"# {folder.name}", "",
-            f"{kind.capitalize()} trained from **{hub_id}** with {method} (Ding et al., *{PAPER_TITLE}*, "
+            f"{'A LoRA adapter' if adapter else 'A full model'} trained from **{hub_id}** with {method} (Ding et al., *{PAPER_TITLE}*, "
             f"[arXiv {PAPER_ID}](https://arxiv.org/abs/{PAPER_ID})) on the `{self.task}` task.",
         ]
         if self.about:

@@ -309,6 +309,21 @@ def _oneshot_text(problem: str) -> str:
 
 register_template(Template("arithmetic_oneshot", _oneshot_messages, _oneshot_text))
 
+# The quickstart's prompt: a one-line system message of our own (the task's instruction) instead of
+# the chat template's default one ("You are a helpful AI assistant named SmolLM, ..."), then the one-shot.
+COMPACT_SYSTEM = "Solve with one equation per line, then write Answer: N."
+
+
+def _compact_messages(problem: str) -> Messages:
+    return [{"role": "system", "content": COMPACT_SYSTEM}, *_oneshot_messages(problem)]
+
+
+def _compact_text(problem: str) -> str:
+    return f"{COMPACT_SYSTEM}\n\n{_oneshot_text(problem)}"
+
+
+register_template(Template("arithmetic_compact", _compact_messages, _compact_text))
+
 
 @register_task("arithmetic", template="arithmetic_oneshot", grader=answer_matches)
 def load_arithmetic(
