@@ -338,7 +338,7 @@ def test_bench_smoke_end_to_end(tmp_path):
     with pytest.raises(SystemExit, match="--rl-steps must be at least 1"):
         bench_main(["--size", "smoke", "--output", str(tmp_path), "--rl-steps", "0"])
     with pytest.raises(SystemExit, match="family 'arithmetic' has levels easy, medium, hard"):
-        bench_main(argv[:-4] + ["--levels", "extreme"])
+        bench_main(argv[:-5] + ["--levels", "extreme"])
 
     # Run again into the same folder: complete runs are kept; a run cut short starts over.
     cut = tmp_path / "runs" / "easy" / "biased" / "prpo" / "seed-0" / "eval.jsonl"
@@ -350,7 +350,7 @@ def test_bench_smoke_end_to_end(tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 1  # the biased PRM: prpo only
     assert [json.loads(line)["step"] for line in cut.read_text().splitlines()] == [0, 1, 2, 3]
     with pytest.raises(SystemExit, match="another preset \\(differs in rl_steps\\)"):
-        bench_main(argv[:7] + ["4"])
+        bench_main(argv[:10] + ["4"] + argv[11:])
 
 
 def test_bench_runs_a_plugged_in_family(tmp_path):
