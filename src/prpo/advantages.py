@@ -13,7 +13,6 @@ the response mask ``M[B, T]`` and, for process methods, token scores ``P[B, T]``
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from prpo.registry import Registry, keyword_options
 from prpo.segmentation import response_lengths
 
 
@@ -62,11 +62,10 @@ class AdvantageMethod:
 
     def options(self) -> dict[str, object]:
         """Keyword options the method takes, with their defaults."""
-        params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return keyword_options(self.fn)
 
 
-ADVANTAGES: dict[str, AdvantageMethod] = {}
+ADVANTAGES: Registry[AdvantageMethod] = Registry("advantage method")
 
 
 def register_advantage(
@@ -75,9 +74,7 @@ def register_advantage(
     """Register ``fn(inputs: AdvantageInputs, *, **options) -> Tensor[B, T]`` under ``name`` (``filter``: a preset's)."""
 
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in ADVANTAGES:
-            raise ValueError(f"advantage method {name!r} is already registered")
-        ADVANTAGES[name] = AdvantageMethod(name, fn, uses_prm, filter)
+        ADVANTAGES.add(AdvantageMethod(name, fn, uses_prm, filter))
         return fn
 
     return decorator
@@ -85,9 +82,7 @@ def register_advantage(
 
 def get_method(name: str) -> AdvantageMethod:
     """The registered method ``name``; a clear error listing the known ones otherwise."""
-    if name not in ADVANTAGES:
-        raise ValueError(f"unknown advantage method {name!r}; known: {', '.join(sorted(ADVANTAGES))}")
-    return ADVANTAGES[name]
+    return ADVANTAGES.lookup(name)
 
 
 # ----------------------------------------------------------------------------- group statistics
@@ -351,7 +346,7 @@ register_advantage("prpo_prof", uses_prm=True, filter="consistency")(prpo)
 # ----------------------------------------------------------------------------- entry point
 
 
-def _validate(inputs: AdvantageInputs) -> None:
+def validate_inputs(inputs: AdvantageInputs) -> None:
     batch = inputs.mask.shape[0]
     if inputs.outcome_rewards.shape != (batch,):
         raise ValueError(f"outcome_rewards must have shape ({batch},), got {tuple(inputs.outcome_rewards.shape)}")
@@ -387,12 +382,7 @@ def compute_advantages(
     **options: object,
 ) -> Tensor:
     """Token-level advantages ``A[B, T]`` (float32) of the registered ``method`` (0 on padding)."""
-    entry = get_method(method)
-    known = entry.options()
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        takes = ", ".join(known) or "no options"
-        raise ValueError(f"advantage method {method!r} does not take option(s) {unknown}; it takes: {takes}")
+    ADVANTAGES.check_options(method, options)
     inputs = AdvantageInputs(outcome_rewards, group_ids, mask.bool(), token_scores, segment_ids)
-    _validate(inputs)
-    return entry.fn(inputs, **options).float()
+    validate_inputs(inputs)
+    return ADVANTAGES[method].fn(inputs, **options).float()

@@ -13,15 +13,14 @@ the loss (the trainer masks them). Filters live in a registry, like the advantag
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from prpo.advantages import AdvantageInputs, compute_advantages, group_index
-from prpo.advantages import _validate as validate_inputs  # the advantages' checks: shapes, ids, scores in [0, 1]
+from prpo.advantages import AdvantageInputs, compute_advantages, group_index, validate_inputs
+from prpo.registry import Registry, keyword_options
 
 
 @dataclass(frozen=True)
@@ -70,20 +69,17 @@ class RolloutFilter:
 
     def options(self) -> dict[str, object]:
         """Keyword options the filter takes, with their defaults."""
-        params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return keyword_options(self.fn)
 
 
-FILTERS: dict[str, RolloutFilter] = {}
+FILTERS: Registry[RolloutFilter] = Registry("filter")
 
 
 def register_filter(name: str, *, uses_prm: bool) -> Callable[[Callable[..., FilterResult]], Callable[..., FilterResult]]:
     """Register ``fn(inputs: FilterInputs, *, **options) -> FilterResult`` under ``name``."""
 
     def decorator(fn: Callable[..., FilterResult]) -> Callable[..., FilterResult]:
-        if name in FILTERS:
-            raise ValueError(f"filter {name!r} is already registered")
-        FILTERS[name] = RolloutFilter(name, fn, uses_prm)
+        FILTERS.add(RolloutFilter(name, fn, uses_prm))
         return fn
 
     return decorator
@@ -91,9 +87,7 @@ def register_filter(name: str, *, uses_prm: bool) -> Callable[[Callable[..., Fil
 
 def get_filter(name: str) -> RolloutFilter:
     """The registered filter ``name``; a clear error listing the known ones otherwise."""
-    if name not in FILTERS:
-        raise ValueError(f"unknown filter {name!r}; known: {', '.join(sorted(FILTERS))}")
-    return FILTERS[name]
+    return FILTERS.lookup(name)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -219,11 +213,7 @@ def apply_filter(
     **options: object,
 ) -> FilterResult:
     """``keep[B]`` of the registered filter ``name`` and its diagnostics."""
-    entry = get_filter(name)
-    known = entry.options()
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"filter {name!r} does not take option(s) {unknown}; it takes: {', '.join(known) or 'none'}")
+    FILTERS.check_options(name, options)
     validate_inputs(AdvantageInputs(correct.float(), group_ids, mask.bool(), token_scores, segment_ids))  # R := o
     inputs = FilterInputs(correct.bool(), group_ids, mask.bool(), token_scores, segment_ids)
-    return entry.fn(inputs, **options)
+    return FILTERS[name].fn(inputs, **options)

@@ -8,12 +8,13 @@ signature, ``fn(SegmentInputs, *, options) -> ids``, and metadata saying what th
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from prpo.registry import Registry, keyword_options
 
 
 ENTROPY_BLOCK_ELEMENTS = 1 << 24  # float32 elements of one vocabulary block (64 MiB)
@@ -292,11 +293,10 @@ class Segmenter:
 
     def options(self) -> dict[str, object]:
         """Keyword options the segmenter takes, with their defaults (filled from the same-named config fields)."""
-        params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return keyword_options(self.fn)
 
 
-SEGMENTERS: dict[str, Segmenter] = {}
+SEGMENTERS: Registry[Segmenter] = Registry("segmenter")
 
 
 def register_segmenter(
@@ -305,9 +305,7 @@ def register_segmenter(
     """Register ``fn(inputs: SegmentInputs, *, **options) -> LongTensor[B, T]`` (ids, -1 on padding) as ``name``."""
 
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in SEGMENTERS:
-            raise ValueError(f"segmenter {name!r} is already registered")
-        SEGMENTERS[name] = Segmenter(name, fn, needs_entropy, needs_text, separator_ends)
+        SEGMENTERS.add(Segmenter(name, fn, needs_entropy, needs_text, separator_ends))
         return fn
 
     return decorator
@@ -315,9 +313,7 @@ def register_segmenter(
 
 def get_segmenter(name: str) -> Segmenter:
     """The registered segmenter ``name``; a clear error listing the known ones otherwise."""
-    if name not in SEGMENTERS:
-        raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(sorted(SEGMENTERS))}")
-    return SEGMENTERS[name]
+    return SEGMENTERS.lookup(name)
 
 
 def _required(value, what: str, name: str):
