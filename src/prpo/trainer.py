@@ -249,14 +249,6 @@ class PRPOTrainer(GRPOTrainer):
                     "Optimization}},\n    author  = {Ding and others},\n    journal = {arXiv preprint arXiv:2601.07182},\n"
                     "    year    = 2026\n}",
     }
-    _name = "PRPO"  # TRL's model card: "trained with PRPO", citing the paper below
-    _paper = {
-        "title": "PRPO: Aligning Process Reward with Outcome Reward in Policy Optimization",
-        "id": "2601.07182",
-        "citation": "@article{ding2026prpo,\n    title   = {{PRPO: Aligning Process Reward with Outcome Reward in Policy "
-                    "Optimization}},\n    author  = {Ding and others},\n    journal = {arXiv preprint arXiv:2601.07182},\n"
-                    "    year    = 2026\n}",
-    }
 
     def __init__(
         self,
