@@ -375,3 +375,11 @@ def test_saved_policy_tokenizer_loads_as_saved(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     text = "19 + 8 then - 3\n"
     assert load_char_tokenizer(tmp_path)(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+
+def test_unknown_method_is_a_clear_usage_error(tmp_path):
+    from prpo.commands.bench import main as bench_main
+
+    with pytest.raises(SystemExit, match="--methods: unknown advantage method 'nosuch'; known: dr_grpo, grpo"):
+        bench_main(["--size", "smoke", "--output", str(tmp_path), "--methods", "grpo", "nosuch"])
+    assert not (tmp_path / "runs").exists()

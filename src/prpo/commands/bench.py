@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     from prpo.bench.summary import write_summary
 
     for method in args.methods:
-        get_method(method)
+        try:
+            get_method(method)
+        except ValueError as error:
+            raise SystemExit(f"prpo bench: --methods: {error}") from None
     if args.seeds is not None and args.seeds < 1:
         raise SystemExit("prpo bench: --seeds must be at least 1")
     if args.rl_steps is not None and args.rl_steps < 1:
