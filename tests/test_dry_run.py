@@ -63,3 +63,13 @@ def test_a_real_run_offline_fails_fast_and_clearly(empty_hub_cache, tmp_path, ca
                           "(split train) is not in the local cache and the hub cannot be reached")
     assert "use local files (data_file, or data_dir / $PRPO_DATA_DIR" in err
     assert not out.exists()  # it failed before writing anything
+
+
+def test_dry_run_of_the_smollm2_alias_converts_nothing(tmp_path, monkeypatch, capsys):
+    """The GGUF is converted by the first real run, never by a dry run (an empty cache stays empty)."""
+    monkeypatch.setenv("PRPO_CACHE_DIR", str(tmp_path / "cache"))
+    config = Path(__file__).resolve().parents[1] / "configs" / "cpu-tiny.yaml"
+    assert train_command.main([str(config), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "# policy: smollm2 (from " in err and f"converted once into {tmp_path / 'cache' / 'models'} by a real run" in err
+    assert "converting" not in err and not (tmp_path / "cache").exists()

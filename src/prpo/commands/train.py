@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from prpo.config import ConfigError, RunConfig, TaskConfig, load_config
+from prpo.models import SMOLLM2_ALIAS, cache_root, smollm2_gguf
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml"
 FLAGS = {"--dry-run", "--resume"}
@@ -110,11 +111,15 @@ def dry_run(config: RunConfig) -> None:
     lines = [_dry_run_task(config.task, "task", downloads)]
     if config.eval_task is not None:
         lines.append(_dry_run_task(config.eval_task, "eval_task", downloads))
-    path = resolve_policy(config)
-    lines.append(f"policy: {path}")
+    name = config.model.model_name_or_path
+    if name == SMOLLM2_ALIAS:  # converted by the first real run, never by a dry run (it takes half a minute)
+        lines.append(f"policy: {name} (from {smollm2_gguf()}, converted once into {cache_root() / 'models'} by a real run)")
+    else:
+        path = resolve_policy(config)
+        lines.append(f"policy: {path}")
+        if not Path(path).is_dir() and not _is_cached(path):
+            downloads.append(f"model {path}")
     lines.append(f"update: {config.training.batch_summary()}")
-    if not Path(path).is_dir() and not _is_cached(path):
-        downloads.append(f"model {path}")
     prm = config.training.prm
     if prm is not None:
         check_prm_spec(prm)
