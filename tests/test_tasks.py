@@ -25,20 +25,22 @@ def _file_rows(path):
 # every file format, on a few rows of each (tests/fixtures/data)
 
 
-@pytest.mark.parametrize(("folder", "size"), [("fixture_data", 5), ("shared_data", 500)])
-def test_math500_from_file(request, folder, size):
+@pytest.mark.parametrize(("folder", "size", "first_id", "first_answer", "text_row", "text_answer"), [
+    ("fixture_data", 5, "test/precalculus/fixture-1.json", "\\left( 2, \\frac{3\\pi}{2} \\right)", 3, "\\text{Ana}"),
+    ("shared_data", 500, "test/precalculus/807.json", "\\left( 3, \\frac{\\pi}{2} \\right)", 4, "\\text{Evelyn}"),
+])
+def test_math500_from_file(request, folder, size, first_id, first_answer, text_row, text_answer):
     data = request.getfixturevalue(folder)  # the full file: an extra check where ../shared/data exists
     task = load_task("math500", data_file=data / "math500.jsonl")
     rows = _file_rows(data / "math500.jsonl")
     assert len(task) == size and task.template == "qwen_boxed"
     first = task.examples[0]
-    assert first.id == rows[0]["unique_id"] == "test/precalculus/807.json"
+    assert first.id == rows[0]["unique_id"] == first_id
     assert first.problem == rows[0]["problem"]  # verbatim: the PRM sees the dataset's text
-    assert first.answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert first.answer == first_answer  # a tuple
     assert first.meta["subject"] == "Precalculus" and first.meta["level"] == rows[0]["level"]
     assert first.meta["solution"] == rows[0]["solution"] and "\\boxed" in first.meta["solution"]
-    evelyn = 3 if size == 5 else 4  # the fixture skips row 3 of the full file
-    assert task.examples[evelyn].answer == "\\text{Evelyn}"
+    assert task.examples[text_row].answer == text_answer
     assert len({example.id for example in task.examples}) == size
 
 
@@ -47,7 +49,7 @@ def test_default_files_from_data_dir_and_env_on_fixtures(fixture_data, monkeypat
     monkeypatch.setenv("PRPO_DATA_DIR", str(fixture_data))
     assert [e.answer for e in load_task("aime24").examples] == ["204", "25", "45"]  # "025", "045" in the file
     assert len(load_task("gsm8k", split="train")) == 3 and len(load_task("gsm8k", split="test", limit=2)) == 2
-    assert load_task("math", split="test", limit=3).examples[0].id == "test/precalculus/807.json"
+    assert load_task("math", split="test", limit=3).examples[0].id == "test/precalculus/fixture-1.json"
     with pytest.warns(UserWarning, match="skipped 1 bad row"):
         assert len(load_task("math", split="train", skip_bad_rows=True)) == 4
 
@@ -61,7 +63,7 @@ def test_math_train_json_list_with_an_empty_answer(fixture_data):
         task = load_task("math", data_file=path, skip_bad_rows=True)
     assert [e.answer for e in task.examples] == ["\\frac{1}{4}", "3003", "609", "\\frac{11}{36}"]
     assert [e.id for e in task.examples] == ["math-0", "math-1", "math-2", "math-4"]  # ids keep the row index
-    assert task.examples[0].problem.startswith("A board game spinner is divided into three parts")
+    assert task.examples[0].problem.startswith("A bag holds 1 red marble and 3 blue marbles.")
 
 
 def test_gsm8k_gold_from_the_fixture(fixture_data):
@@ -69,7 +71,7 @@ def test_gsm8k_gold_from_the_fixture(fixture_data):
     rows = _file_rows(fixture_data / "gsm8k_test.jsonl")
     assert [e.answer for e in task.examples] == ["18", "3", "540", "2125"]  # "#### 2,125" in the last row
     assert task.examples[0].problem == rows[0]["question"]
-    assert task.examples[0].meta["solution"].endswith("18 every day at the farmer\u2019s market.")
+    assert task.examples[0].meta["solution"] == "Mia has 20 - 2 = <<20-2=18>>18 eggs left every day."
     assert all(is_correct_many([f"\\boxed{{{e.answer}}}" for e in task.examples], [e.answer for e in task.examples]))
 
 
