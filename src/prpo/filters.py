@@ -190,15 +190,19 @@ def advantages_on_kept(
     **options: object,
 ) -> Tensor:
     """``A[B, T]`` of ``method`` run on the kept rows only (its group statistics too); 0 on the dropped rows."""
+    rows = slice(None) if keep.all() else keep  # a slice views the inputs; a boolean mask copies every [B, T] one
 
-    def rows(tensor: Tensor | None) -> Tensor | None:
-        return None if tensor is None else tensor[keep]
+    def take(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor[rows]
 
-    advantages = torch.zeros(mask.shape, device=mask.device)
-    advantages[keep] = compute_advantages(
-        method, outcome_rewards=outcome_rewards[keep], group_ids=group_ids[keep], mask=mask[keep],
-        token_scores=rows(token_scores), segment_ids=rows(segment_ids), **options,
+    kept = compute_advantages(
+        method, outcome_rewards=outcome_rewards[rows], group_ids=group_ids[rows], mask=mask[rows],
+        token_scores=take(token_scores), segment_ids=take(segment_ids), **options,
     )
+    if isinstance(rows, slice):
+        return kept
+    advantages = torch.zeros(mask.shape, device=mask.device)
+    advantages[rows] = kept
     return advantages
 
 

@@ -185,7 +185,8 @@ def check_dataset(dataset, tokenizer, max_prompt_length: int | None, *, needs_an
     for index, row in enumerate(dataset):
         if "prompt_id" in row and row["prompt_id"] is None:
             raise ValueError(f"dataset row {index}: prompt_id is missing")
-        where = f"dataset row {index} (prompt_id {row_prompt_id(row)!r})"
+        prompt_id = row_prompt_id(row)
+        where = f"dataset row {index} (prompt_id {prompt_id!r})"
         if not row["prompt"]:
             raise ValueError(f"{where}: prompt is empty")
         problem = row_problem(row)
@@ -194,7 +195,7 @@ def check_dataset(dataset, tokenizer, max_prompt_length: int | None, *, needs_an
             raise ValueError(f"{where}: {source} must be a non-empty string, got {problem!r}")
         if needs_answer and (not isinstance(row["answer"], str) or not row["answer"].strip()):
             raise ValueError(f"{where}: answer must be a non-empty string, got {row['answer']!r}")
-        if problems.setdefault(row_prompt_id(row), problem) != problem:
+        if problems.setdefault(prompt_id, problem) != problem:
             raise ValueError(f"{where}: prompt_id is shared with a different problem; groups would merge")
         if max_prompt_length is not None:
             length = _prompt_length(tokenizer, row["prompt"])
