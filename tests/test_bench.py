@@ -347,7 +347,8 @@ def test_bench_smoke_end_to_end(tmp_path):
     before = kept.read_text(), kept.stat().st_mtime_ns
     assert bench_main(argv[:-2] + ["biased"]) == 0
     assert (kept.read_text(), kept.stat().st_mtime_ns) == before
-    assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 1  # the biased PRM: prpo only
+    # `--prm biased` alone still runs GRPO (with the clean PRM it never reads: the baseline); it was complete.
+    assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 2
     assert [json.loads(line)["step"] for line in cut.read_text().splitlines()] == [0, 1, 2, 3]
     with pytest.raises(SystemExit, match="another preset \\(differs in rl_steps\\)"):
         bench_main(argv[:10] + ["4"] + argv[11:])
@@ -365,6 +366,21 @@ def test_bench_runs_a_plugged_in_family(tmp_path):
     assert sample["problem"].startswith("Start with ")
     with pytest.raises(SystemExit, match="differs in family"):
         bench_main(argv[:5] + ["prpo.bench.data:ARITHMETIC"] + argv[6:])
+
+
+def test_matrix_runs_the_prm_blind_baseline_once_with_the_clean_prm(tmp_path):
+    """`--prm noisy biased` (the Hypothesis-1 command): GRPO runs once per seed, clean; seeds come first."""
+    from prpo.bench.runner import SIZES, matrix
+
+    specs = matrix(SIZES["smoke"], "prpo.bench.data:ARITHMETIC", ["hard"], ["noisy", "biased"],
+                   ["grpo", "prpo", "process_only"], [0, 1], tmp_path)
+    runs = [(spec.seed, spec.quality, spec.method) for spec in specs]
+    per_seed = [("noisy", "prpo"), ("noisy", "process_only"), ("clean", "grpo"), ("biased", "prpo"),
+                ("biased", "process_only")]
+    assert sorted(runs) == sorted((seed, *run) for seed in (0, 1) for run in per_seed)
+    assert [seed for seed, _, _ in runs] == [0] * 5 + [1] * 5
+    grpo = next(spec for spec in specs if spec.method == "grpo" and spec.seed == 0)
+    assert grpo.output_dir == str(tmp_path / "runs" / "hard" / "clean" / "grpo" / "seed-0")
 
 
 def test_saved_policy_tokenizer_loads_as_saved(tmp_path):

@@ -177,9 +177,11 @@ def _warm_start(family_spec: str, seed: int, size: BenchSize, folder: str, threa
 
 def matrix(size: BenchSize, family: str, levels: Sequence[str], qualities: Sequence[str], methods: Sequence[str],
            seeds: Sequence[int], results: Path) -> list[RunSpec]:
-    """Every method on every level with the clean PRM; the noisy and biased PRMs only for the methods that read one.
+    """Every method on every level and seed with every PRM quality asked for, once per quality it can tell apart.
 
-    Ordered seed first, so that a matrix cut short holds complete seeds of every level and method.
+    A method that never reads the PRM (GRPO, Dr. GRPO) runs once, with the clean PRM, whatever the
+    qualities: its run is the baseline of every quality. Ordered seed first, so that a matrix cut
+    short holds complete seeds of every level and method.
     """
     from prpo.advantages import get_method
 
@@ -188,11 +190,11 @@ def matrix(size: BenchSize, family: str, levels: Sequence[str], qualities: Seque
         for level in levels:
             for quality in qualities:
                 for method in methods:
-                    if quality != "clean" and not get_method(method).uses_prm:
-                        continue  # GRPO never reads the PRM: its clean runs are the baseline of every quality
-                    folder = results / "runs" / level / quality / method / f"seed-{seed}"
-                    specs.append(RunSpec(family, level, quality, method, seed, str(results / "warmstart"),
-                                         str(folder), size))
+                    read = quality if get_method(method).uses_prm else "clean"
+                    folder = results / "runs" / level / read / method / f"seed-{seed}"
+                    spec = RunSpec(family, level, read, method, seed, str(results / "warmstart"), str(folder), size)
+                    if spec not in specs:
+                        specs.append(spec)
     return specs
 
 
