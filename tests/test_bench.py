@@ -329,6 +329,10 @@ def test_bench_smoke_end_to_end(tmp_path):
         metrics = [json.loads(line) for line in (tmp_path / "runs" / run / "seed-0" / "metrics.jsonl").read_text().splitlines()]
         assert any("frac_groups_same_outcome" in row for row in metrics)
         assert any("beta_zero_token_share" in row for row in metrics) == run.endswith("prpo")
+    # Step 0 is the warm start: evaluated once per level, the same row in every run.
+    start = json.loads((tmp_path / "warmstart" / "heldout-step0-easy-4.json").read_text())
+    for run in ("easy/clean/grpo", "easy/clean/prpo", "easy/biased/prpo"):
+        assert json.loads((tmp_path / "runs" / run / "seed-0" / "eval.jsonl").read_text().splitlines()[0]) == start
     summary = (tmp_path / "summary.md").read_text()
     assert "| easy | clean | prpo | 1 |" in summary and "| easy | biased | prpo | 1 |" in summary
     assert "biased | grpo" not in summary

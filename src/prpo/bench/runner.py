@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -63,8 +64,8 @@ SIZES = {
         num_generations=4, learning_rate=1e-3, eval_every=1, eval_problems=4, seeds=2, noise=0.15, jobs=1,
         use_cpu=True,
     ),
-    "cpu": BenchSize(  # the headline matrix on 2 cores: 3 levels x 8 methods x 5 seeds, clean PRM (docs/bench.md)
-        policy=POLICY_SIZES["cpu"], warm_problems=6000, warm_epochs=8, rl_steps=30, prompts_per_step=8,
+    "cpu": BenchSize(  # the headline matrix on 2 cores in under an hour: 3 levels x 8 methods x 5 seeds, clean PRM
+        policy=POLICY_SIZES["cpu"], warm_problems=6000, warm_epochs=8, rl_steps=15, prompts_per_step=8,
         num_generations=8, learning_rate=2e-4, eval_every=10, eval_problems=100, seeds=5, noise=0.15, jobs=2,
         use_cpu=True, warm_batch_size=32,
     ),
@@ -91,12 +92,20 @@ class RunSpec:
 
 
 class HeldOutEval(TrainerCallback):
-    """Held-out accuracy every ``every`` steps, greedy and sampled (temperature 1, the policy RL optimises)."""
+    """Held-out accuracy every ``every`` steps, greedy and sampled (temperature 1, the policy RL optimises).
 
-    def __init__(self, path: Path, task, every: int, max_new_tokens: int):
-        self.path, self.task, self.every, self.max_new_tokens = path, task, every, max_new_tokens
+    Step 0 is the warm start itself, the same for every method and seed of a level: ``start`` caches
+    its row, computed by the first run that needs it (sampling is seeded by the step, so it is the row
+    every run would compute).
+    """
+
+    def __init__(self, path: Path, task, every: int, max_new_tokens: int, start: Path | None = None):
+        self.path, self.task, self.every, self.max_new_tokens, self.start = path, task, every, max_new_tokens, start
 
     def evaluate(self, model, tokenizer, step: int) -> None:
+        if step == 0 and self.start is not None and self.start.exists():
+            self._append(json.loads(self.start.read_text()))
+            return
         from prpo.evaluation import evaluate_model
 
         greedy = evaluate_model(model, tokenizer, self.task, max_new_tokens=self.max_new_tokens,
@@ -108,6 +117,13 @@ class HeldOutEval(TrainerCallback):
         row = {"step": step, "heldout/accuracy": greedy["accuracy"], "heldout/length": greedy["response_tokens"]["mean"],
                "heldout/final_answer_rate": 1 - greedy["no_final_answer_fraction"],
                "heldout/sampled_accuracy": sampled["accuracy"]}
+        if step == 0 and self.start is not None:  # written whole, then renamed: a reader never sees half a row
+            partial = self.start.with_name(f"{self.start.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps(row) + "\n")
+            partial.replace(self.start)
+        self._append(row)
+
+    def _append(self, row: dict) -> None:
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
 
@@ -129,6 +145,8 @@ def run_one(spec: RunSpec, threads: int) -> str:
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
+    # TRL reads a transformers attribute deprecated for v6, once per step: noise in a log of 100+ runs.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     size = spec.size
     family = load_family(spec.family)
     level = level_named(family, spec.level)
@@ -153,7 +171,8 @@ def run_one(spec: RunSpec, threads: int) -> str:
     )
     tokenizer = load_char_tokenizer(spec.init)
     heldout = family.task("test", size.eval_problems, level, 0)
-    evaluator = HeldOutEval(out / EVAL_FILE, heldout, size.eval_every, level.max_completion_length)
+    start = Path(spec.init) / f"heldout-step0-{spec.level}-{size.eval_problems}.json"
+    evaluator = HeldOutEval(out / EVAL_FILE, heldout, size.eval_every, level.max_completion_length, start)
     trainer = PRPOTrainer(
         spec.init, args=args, train_dataset=train.to_dataset(tokenizer), prm=prm, processing_class=tokenizer, grader=train.grade,
         callbacks=[evaluator],
