@@ -111,7 +111,7 @@ class PRPOConfig(GRPOConfig):
     )
     collapse_window: int = field(default=5, metadata={"help": "Steps averaged for the collapse warning."})
     collapse_drop: float = field(
-        default=0.3, metadata={"help": "Warn when length and final-answer rate both fell by this fraction."}
+        default=0.3, metadata={"help": "Warn when the final-answer rate fell and the length moved by this fraction."}
     )
     # TRL defaults changed to the paper's settings.
     beta: float = field(default=0.001, metadata={"help": "KL coefficient (k3 estimator, frozen initial model)."})

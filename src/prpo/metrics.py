@@ -25,11 +25,13 @@ FINAL_ANSWER_KEY = "final_answer_rate"
 
 
 class CollapseMonitor:
-    """Premature-collapse signal of ALGORITHM.md section 6.
+    """Collapse signal: ALGORITHM.md section 6's premature collapse, and its mirror image under a gamed PRM.
 
     Baseline: the mean response length and final-answer rate of the first ``window`` steps. The
-    signal fires when the mean of the last ``window`` steps has fallen below ``(1 - drop)`` times the
-    baseline for *both* (shorter responses that also stop giving an answer).
+    signal fires when, over the last ``window`` steps, the final-answer rate has fallen below
+    ``(1 - drop)`` times its baseline *and* the length has moved by ``drop`` times its baseline or
+    more: shorter (the paper's early stop) or longer (filler to the length limit that a PRM rates
+    well, seen in docs/bench.md's biased-PRM runs).
     """
 
     def __init__(self, window: int = 5, drop: float = 0.3):
@@ -48,10 +50,10 @@ class CollapseMonitor:
         w = self.window
         base_len, now_len = _mean(self.lengths[:w]), _mean(self.lengths[-w:])
         base_ans, now_ans = _mean(self.answer_rates[:w]), _mean(self.answer_rates[-w:])
-        keep = 1 - self.drop
-        if now_len < keep * base_len and now_ans < keep * base_ans:
+        if now_ans < (1 - self.drop) * base_ans and abs(now_len - base_len) > self.drop * base_len:
+            kind = "premature collapse" if now_len < base_len else "collapse into answerless filler"
             return (
-                f"possible premature collapse: mean response length {now_len:.1f} vs {base_len:.1f} and "
+                f"possible {kind}: mean response length {now_len:.1f} vs {base_len:.1f} and "
                 f"final-answer rate {now_ans:.2f} vs {base_ans:.2f} over the first {w} steps"
             )
         return None

@@ -4,7 +4,8 @@ Collapse, as fixed before any run (docs/bench.md): a run has collapsed at the fi
 evaluation where its greedy accuracy lies `COLLAPSE_ACCURACY_DROP` (15 points) or more below its
 best so far, or its final-answer rate or mean response length lies `COLLAPSE_RELATIVE_DROP` (30%)
 or more below its best (highest) so far. The in-training monitor (`prpo.metrics.CollapseMonitor`,
-training length *and* final-answer rate down 30%) is scored against it: hits, misses, false alarms.
+final-answer rate down 30% while the training length moves 30% either way) is scored against it:
+hits, misses, false alarms.
 """
 
 from __future__ import annotations
