@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,9 +28,16 @@ FIXTURE_DATA = REPO_ROOT / "tests" / "fixtures" / "data"
 
 
 @pytest.fixture(scope="session")
-def fixture_data() -> Path:
-    """A few rows of each benchmark file, under the full files' names (tests/fixtures/data/README.md)."""
-    return FIXTURE_DATA
+def fixture_data(tmp_path_factory) -> Path:
+    """A folder with a few hand-written rows of each benchmark file under the full files' names.
+
+    The checkout keeps them as `NAME.sample.EXT` (tests/fixtures/data/README.md), so no file in it
+    stands in for the data sets in ../shared/data; the loaders find them here as `NAME.EXT`.
+    """
+    folder = tmp_path_factory.mktemp("data")
+    for sample in FIXTURE_DATA.glob("*.sample.*"):
+        shutil.copyfile(sample, folder / sample.name.replace(".sample", ""))
+    return folder
 
 
 @pytest.fixture(scope="session")
