@@ -12,7 +12,8 @@ def feed(monitor: CollapseMonitor, lengths: list[float], rates: list[float]) -> 
 
 
 def test_collapse_fires_only_when_answers_are_lost_and_the_length_moves():
-    # window 2, drop 0.3: baseline = mean of the first 2 steps; fires when the last 2 are both below 0.7 x baseline.
+    # window 2, drop 0.3: baseline = mean of the first 2 steps; fires when the last 2 steps' answer rate is below
+    # 0.7 x baseline and their length 30% or more away from it.
     warnings = feed(CollapseMonitor(window=2, drop=0.3), [100, 100, 80, 60, 60], [0.8, 0.8, 0.6, 0.5, 0.5])
     # step 4: lengths (80 + 60) / 2 = 70, not < 70; step 5: 60 < 70 and rates 0.5 < 0.56
     assert warnings[:4] == [None] * 4

@@ -209,11 +209,12 @@ def matrix(size: BenchSize, family: str, levels: Sequence[str], qualities: Seque
         for level in levels:
             for quality in qualities:
                 for method in methods:
-                    read = quality if get_method(method).uses_prm else "clean"
+                    uses_prm = get_method(method).uses_prm
+                    if not uses_prm and quality != qualities[0]:
+                        continue  # the PRM-blind run is in once, with the first quality
+                    read = quality if uses_prm else "clean"
                     folder = results / "runs" / level / read / method / f"seed-{seed}"
-                    spec = RunSpec(family, level, read, method, seed, str(results / "warmstart"), str(folder), size)
-                    if spec not in specs:
-                        specs.append(spec)
+                    specs.append(RunSpec(family, level, read, method, seed, str(results / "warmstart"), str(folder), size))
     return specs
 
 
