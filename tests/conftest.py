@@ -9,8 +9,17 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# PRPO_TEST_THREADS=N runs the suite (and the runs it starts as subprocesses) with N torch threads; it must
+# pass with 1 and with 2, so no comparison may rely on one summation order.
+TEST_THREADS = os.environ.get("PRPO_TEST_THREADS")
+if TEST_THREADS:
+    os.environ["OMP_NUM_THREADS"] = TEST_THREADS
 
 import pytest
+import torch
+
+if TEST_THREADS:
+    torch.set_num_threads(int(TEST_THREADS))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # PRPO_TEST_SHARED_DATA points the full-data tests elsewhere (a missing folder: run as a bare clone).
@@ -25,6 +34,18 @@ def _qwen_tokenizer_files() -> Path:
 
 
 FIXTURE_DATA = REPO_ROOT / "tests" / "fixtures" / "data"
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4, scale: float | None = None) -> None:
+    """Every element equal within ``rel * scale``, compared in float64; ``scale`` defaults to ``max |expected|``.
+
+    For float32 sums (losses, gradients): summed in another order (another thread count, another
+    CPU), an element moves by a few ulps of the largest terms summed, not of itself, so a per-element
+    relative tolerance fails on elements near 0.
+    """
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().item() if scale is None else scale
+    torch.testing.assert_close(actual, expected, rtol=0.0, atol=rel * scale)
 
 
 @pytest.fixture(scope="session")

@@ -175,7 +175,8 @@ def test_valid_config_builds_paper_defaults():
     assert (args.method, args.segmenter, args.k, args.min_gap) == ("prpo", "entropy", 5, 10)
     assert (args.epsilon, args.delta, args.beta, args.loss_type) == (0.2, 3.0, 0.001, "dapo")
     assert (args.learning_rate, args.weight_decay, args.max_grad_norm) == (1e-6, 0.01, 1.0)
-    assert args.lr_scheduler_type.value == "constant"
+    # constant after a warm-up of warmup_steps = 0: the paper's constant rate (tests/test_schedule.py)
+    assert (args.lr_scheduler_type.value, args.warmup_steps) == ("constant_with_warmup", 0)
     assert (args.num_generations, args.temperature, args.max_completion_length) == (4, 1.0, 2048)
     assert math.isclose(args.sigma0, math.sqrt(1 / 24)) and args.mu0 == 0.5
     assert args.advantage_kwargs() == {

@@ -35,7 +35,11 @@ def test_paper_dry_run_offline_lists_the_downloads(empty_hub_cache, capsys):
         "# policy: Qwen/Qwen2.5-Math-1.5B\n"
     )
     assert DOWNLOADS in out.err
-    assert yaml.safe_load(out.out)["prm"]["model"] == "Qwen/Qwen2.5-Math-PRM-7B"
+    printed = yaml.safe_load(out.out)
+    assert printed["prm"]["model"] == "Qwen/Qwen2.5-Math-PRM-7B"
+    # the summary and the printed YAML agree on the accumulation this launch trains with (1 process)
+    assert "gradient_accumulation_steps 64)" in out.err and printed["gradient_accumulation_steps"] == 64
+    assert printed["prompts_per_step"] == 128
 
 
 def test_paper_dry_run_offline_with_local_data_lists_only_the_models(empty_hub_cache, fixture_data, capsys):

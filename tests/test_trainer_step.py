@@ -209,11 +209,26 @@ def test_entropy_without_a_generation_hook(num_iterations, policy_dir, tmp_path)
             _, entropies, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attention, mask.shape[1])
         assert entropies is None  # TRL asked for log-probs only and gets log-probs only
     trainer._times.clear()
-    entropy = trainer._sampling_entropy(output)
+    entropy = trainer._sampling_entropy(output, mask)
     assert expected[mask].std() > 0.3  # a peaked model: entropies that differ by position
     torch.testing.assert_close(entropy[mask], expected[mask], rtol=1e-4, atol=1e-4)
     extra_pass = "entropy" in trainer._times
     assert extra_pass == (num_iterations == 1)
+
+
+def test_truncated_completions_masked_by_trl_keep_their_entropy(policy_dir, tmp_path):
+    """mask_truncated_completions zeroes a truncated row's completion_mask; its entropy (so its segments and PRM
+    scores) is still the sampling policy's over the tokens it sampled: the extra pass, never TRL's masked pass."""
+    args = step_config(str(tmp_path), segmenter="entropy", min_gap=3, temperature=0.8, num_iterations=2,
+                       use_transformers_continuous_batching=True, mask_truncated_completions=True)
+    trainer = PRPOTrainer(str(policy_dir), args=args, train_dataset=step_dataset(), prm=WordPRM(), grader=answer_grader)
+    assert trainer._old_pass_runs() and not trainer._entropy_from_old_pass
+    output = rollout(trainer)
+    expected = policy_entropy(trainer.model, output, 0.8)
+    mask = output["completion_mask"].bool()
+    output["completion_mask"][0] = 0  # what TRL does to a truncated completion
+    entropy = trainer._sampling_entropy(output, mask)
+    torch.testing.assert_close(entropy[mask], expected[mask], rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- the outcome reward

@@ -17,7 +17,16 @@ from trl import GRPOTrainer
 
 from prpo.config import ConfigError, PRPOConfig
 from prpo.prm import FunctionPRM, PRMError, as_prm
-from prpo.trainer import OutcomeReward, PRPOTrainer, check_dataset, prompt_key, row_problem, row_prompt_id
+from prpo.trainer import (
+    OutcomeReward,
+    PRPOTrainer,
+    check_dataset,
+    declared_reward_range,
+    outcome_reward_range,
+    prompt_key,
+    row_problem,
+    row_prompt_id,
+)
 
 from conftest import REPO_ROOT
 
@@ -152,7 +161,7 @@ def test_problem_falls_back_to_the_last_user_message():
 
 def test_outcome_is_the_weighted_sum_of_reward_functions_mapped_by_reward_range():
     args = PRPOConfig(output_dir="unused", use_cpu=True, reward_range=[0.0, 3.0])
-    outcome = OutcomeReward(None, args)
+    outcome = OutcomeReward(None, args, outcome_reward_range([len], args))
     nan = math.nan
     r = torch.tensor([[1.0, 0.5], [nan, 1.0], [nan, nan], [0.0, 0.0]])
     outcome.combine(["a", "b", "c", "d"], r, torch.tensor([2.0, 1.0]))
@@ -160,6 +169,45 @@ def test_outcome_is_the_weighted_sum_of_reward_functions_mapped_by_reward_range(
     expected = [-1 + 2 * 2.5 / 3, -1 + 2 / 3, nan, -1.0]
     assert outcome.rewards[:2] + outcome.rewards[3:] == pytest.approx(expected[:2] + expected[3:])
     assert math.isnan(outcome.rewards[2]) and outcome.texts == ["a", "b", "c", "d"]
+
+
+def with_range(low: float, high: float):
+    def reward(completions, **kwargs):
+        return [low] * len(completions)
+
+    reward.reward_range = (low, high)
+    return reward
+
+
+def test_reward_range_is_taken_from_the_reward_functions_when_each_declares_it(caplog):
+    # R = 2 r1 - 1 r2 with r1 in [0, 1] and r2 in [-1, 3]: low = 2*0 - 3 = -3, high = 2*1 - (-1) = 3
+    assert declared_reward_range([with_range(0, 1), with_range(-1, 3)], [2.0, -1.0]) == (-3.0, 3.0)
+    assert declared_reward_range([with_range(0, 1), with_range(0, 1)], None) == (0.0, 2.0)
+    assert declared_reward_range([with_range(0, 1), len], None) is None  # one undeclared: unknown
+    args = PRPOConfig(output_dir="unused", use_cpu=True)
+    with caplog.at_level("WARNING", logger="prpo.trainer"):
+        assert outcome_reward_range(with_range(0, 1), args) == (0.0, 1.0)  # a single function, as TRL accepts
+        assert not caplog.records
+        assert outcome_reward_range([len], args) is None
+    assert len(caplog.records) == 1 and "set reward_range" in caplog.text and "halve" in caplog.text
+    given = PRPOConfig(output_dir="unused", use_cpu=True, reward_range=[0.0, 2.0])
+    assert outcome_reward_range([with_range(0, 1)], given) == (0.0, 2.0)  # the config's range wins
+    # declared [0, 1] maps a 0/1 accuracy onto the paper's -1/+1, as reward_range [0, 1] does
+    outcome = OutcomeReward(None, args, outcome_reward_range([with_range(0, 1)], args))
+    outcome.combine(["a", "b"], torch.tensor([[0.0], [1.0]]), torch.tensor([1.0]))
+    assert outcome.rewards == [-1.0, 1.0]
+
+
+def test_reward_range_with_the_built_in_grader_is_refused():
+    args = PRPOConfig(output_dir="u", use_cpu=True, prm={"type": "arithmetic"}, reward_range=[0, 1])
+    with pytest.raises(ValueError, match="reward_range=.*mapped twice: remove reward_range"):
+        PRPOTrainer("not-loaded", args=args)  # refused before the model is loaded
+    from prpo.config import build_config
+
+    with pytest.raises(ConfigError) as info:
+        build_config({"model": {"model_name_or_path": "x"}, "task": {"name": "arithmetic"}, "reward_range": [0, 1],
+                      "prm": {"type": "arithmetic"}, "use_cpu": True})
+    assert info.value.key == "reward_range" and "remove it" in str(info.value)
 
 
 def test_check_dataset_needs_answer_only_for_the_default_grader(qwen_tokenizer):

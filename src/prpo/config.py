@@ -133,7 +133,11 @@ class PRPOConfig(GRPOConfig):
     delta: float | None = field(default=3.0, metadata={"help": "Dual clip of the ratio for negative advantages."})
     loss_type: TokenLoss = field(default="dapo", metadata={"help": "Token-mean over the global batch ('dapo')."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    lr_scheduler_type: SchedulerType | str = field(default="constant", metadata={"help": "Learning-rate schedule."})
+    lr_scheduler_type: SchedulerType | str = field(
+        default="constant_with_warmup",
+        metadata={"help": "Learning-rate schedule: constant after warmup_steps of linear warm-up (exactly constant with "
+                  "none, the paper's setting). 'constant' ignores a warm-up, so it is refused with warmup_steps > 0."},
+    )
     max_completion_length: int | None = field(default=2048, metadata={"help": "Longest response in tokens."})
     logging_steps: float = field(default=1, metadata={"help": "Log every step."})
     # TRL turns checkpointing on through the alias transformers deprecates; use the new name instead.
@@ -226,8 +230,13 @@ class RunConfig:
     eval_task: TaskConfig | None = None
     source: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def resolved(self) -> dict[str, Any]:
-        """The full config as YAML-ready data: every key, given or defaulted, that `build_config` reads back."""
+    def resolved(self, *, effective: bool = False) -> dict[str, Any]:
+        """The full config as YAML-ready data: every key, given or defaulted, that `build_config` reads back.
+
+        ``effective``: the values this launch trains with where `PRPOConfig` derives them
+        (``gradient_accumulation_steps`` from ``prompts_per_step`` and the process count), which read
+        back only on the same number of processes; otherwise the keys as given.
+        """
         out = {
             "model": _declared(self.model, self.source.get("model") or {}),
             "task": _declared(self.task, self.source.get("task") or {}),
@@ -236,10 +245,12 @@ class RunConfig:
             out["eval_task"] = _declared(self.eval_task, self.source.get("eval_task") or {})
         given = {k: v for k, v in self.source.items() if k not in SECTIONS}
         out.update(_declared(self.training, given))
+        if effective and self.training.prompts_per_step is not None:
+            out["gradient_accumulation_steps"] = self.training.gradient_accumulation_steps
         return out
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.resolved(), sort_keys=False, allow_unicode=True, width=120)
+    def to_yaml(self, *, effective: bool = False) -> str:
+        return yaml.safe_dump(self.resolved(effective=effective), sort_keys=False, allow_unicode=True, width=120)
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "task": TaskConfig, "eval_task": TaskConfig}
@@ -456,6 +467,13 @@ def _check_rewards(args: PRPOConfig) -> None:
                           f"max_completion_length={args.max_completion_length} <= overlong_len / 2")
 
 
+def _check_warmup(args: PRPOConfig) -> None:
+    """transformers' 'constant' schedule ignores `warmup_steps`: a warm-up asked for must happen, so refuse the pair."""
+    if args.lr_scheduler_type == SchedulerType.CONSTANT and args.warmup_steps > 0:
+        raise ConfigError("warmup_steps", f"{args.warmup_steps} warm-up steps with lr_scheduler_type='constant', which "
+                          "ignores them; set lr_scheduler_type: constant_with_warmup (the default) or warmup_steps: 0")
+
+
 def _check_columns(args: PRPOConfig) -> None:
     if args.remove_unused_columns:
         raise ConfigError("remove_unused_columns", "must be false: prompt_id, problem and answer travel with each sample")
@@ -524,7 +542,7 @@ def _check_filter(args: PRPOConfig) -> None:
 # its batch sizes), COMBINATION_CHECKS after. A new check is one function appended here.
 FIELD_CHECKS: list[Callable[[PRPOConfig], None]] = [_check_types, _check_registered, _check_ranges, _check_batch_unit]
 COMBINATION_CHECKS: list[Callable[[PRPOConfig], None]] = [
-    _check_world_size, _check_advantage_options, _check_loss, _check_rewards, _check_columns, _check_segments,
+    _check_world_size, _check_advantage_options, _check_loss, _check_rewards, _check_warmup, _check_columns, _check_segments,
     _check_trl_options, _check_filter,
 ]
 
@@ -570,6 +588,9 @@ def build_config(data: Mapping[str, Any]) -> RunConfig:
     training = PRPOConfig(**data)
     if training.uses_prm() and training.prm is None:
         raise ConfigError("prm", f"method {training.method!r} scores segments with a PRM: set prm (e.g. {{type: arithmetic}})")
+    if training.reward_range is not None:
+        raise ConfigError("reward_range", f"{training.reward_range} maps the sum of reward_funcs, but a YAML run grades "
+                          "with the task's grader, whose R is already correct_reward / wrong_reward: remove it")
     return RunConfig(model=model, task=task, training=training, eval_task=eval_task, source=source)
 
 

@@ -132,27 +132,31 @@ class HFGenerator:
         if self.stop:
             sampling.update(stop_strings=list(self.stop), tokenizer=self.tokenizer)
         results: list[list[Completion | None]] = [[None] * samples for _ in prompts]
-        torch.manual_seed(seed)
         device = self.model.device
-        starts = range(0, len(jobs), self.batch_size)
-        for start in tqdm(starts, desc="generating", unit="batch", disable=not self.progress or not jobs):
-            batch = jobs[start : start + self.batch_size]
-            rows = [encoded[i] for i, _ in batch]
-            width = max(len(row) for row in rows)
-            input_ids = torch.tensor([[self.pad_id] * (width - len(row)) + row for row in rows], device=device)
-            attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
-            with torch.no_grad():
-                output = self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=self.eos_ids,
-                    pad_token_id=self.pad_id,
-                    use_cache=True,
-                    **sampling,
-                )
-            for (i, j), new in zip(batch, output[:, width:].tolist()):
-                results[i][j] = self._completion(new, max_new_tokens)
+        # Sampling draws from a forked RNG seeded with `seed`: the global stream (the one training
+        # draws its rollouts from) is restored afterwards, so an evaluation never changes a run.
+        cuda_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            starts = range(0, len(jobs), self.batch_size)
+            for start in tqdm(starts, desc="generating", unit="batch", disable=not self.progress or not jobs):
+                batch = jobs[start : start + self.batch_size]
+                rows = [encoded[i] for i, _ in batch]
+                width = max(len(row) for row in rows)
+                input_ids = torch.tensor([[self.pad_id] * (width - len(row)) + row for row in rows], device=device)
+                attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+                with torch.no_grad():
+                    output = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        max_new_tokens=max_new_tokens,
+                        eos_token_id=self.eos_ids,
+                        pad_token_id=self.pad_id,
+                        use_cache=True,
+                        **sampling,
+                    )
+                for (i, j), new in zip(batch, output[:, width:].tolist()):
+                    results[i][j] = self._completion(new, max_new_tokens)
         return results  # type: ignore[return-value]
 
     def _completion(self, new_tokens: list[int], max_new_tokens: int) -> Completion:

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -110,10 +110,11 @@ class OutcomeReward:
 
     __name__ = "outcome"
 
-    def __init__(self, grade_many: Callable[[list[str], list[str]], list[bool]] | None, args: PRPOConfig):
+    def __init__(self, grade_many: Callable[[list[str], list[str]], list[bool]] | None, args: PRPOConfig,
+                 reward_range: Sequence[float] | None = None):
         self.grade_many = grade_many
         self.correct_reward, self.wrong_reward, self.overlong_len = args.correct_reward, args.wrong_reward, args.overlong_len
-        self.reward_range = args.reward_range
+        self.reward_range = reward_range
         self.texts: list[str] = []
         self.correct: list[bool] = []
         self.rewards: list[float] = []
@@ -138,6 +139,47 @@ class OutcomeReward:
             low, high = self.reward_range
             rewards = self.wrong_reward + (rewards - low) * (self.correct_reward - self.wrong_reward) / (high - low)
         self.rewards = rewards.tolist()
+
+
+def declared_reward_range(reward_funcs: Sequence[Any], weights: Sequence[float] | None) -> tuple[float, float] | None:
+    """``[low, high]`` of ``R = sum_k w_k r_k`` when every reward function declares ``reward_range = (lo, hi)``, else None.
+
+    A function declares its range as an attribute (``accuracy.reward_range = (0.0, 1.0)``); a
+    negative weight swaps its bounds.
+    """
+    ranges = [getattr(func, "reward_range", None) for func in reward_funcs]
+    if any(r is None for r in ranges):
+        return None
+    weights = [1.0] * len(ranges) if weights is None else list(weights)
+    low = sum(w * (lo if w >= 0 else hi) for w, (lo, hi) in zip(weights, ranges, strict=True))
+    high = sum(w * (hi if w >= 0 else lo) for w, (lo, hi) in zip(weights, ranges, strict=True))
+    return float(low), float(high)
+
+
+def outcome_reward_range(reward_funcs: Any, args: PRPOConfig) -> tuple[float, float] | None:
+    """The range `OutcomeReward` maps onto ``[wrong_reward, correct_reward]``: ``args.reward_range``, else the declared one.
+
+    Refused with the built-in grader (its R is already in those units); without either range, R keeps
+    the reward functions' units and a warning says what that does to beta.
+    """
+    if not reward_funcs:
+        if args.reward_range is not None:
+            raise ValueError(f"reward_range={args.reward_range} maps the weighted sum of reward_funcs onto [wrong_reward, "
+                             "correct_reward]; without reward_funcs the built-in grader's R is already correct_reward / "
+                             "wrong_reward and would be mapped twice: remove reward_range")
+        return None
+    if args.reward_range is not None:
+        return tuple(args.reward_range)
+    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    declared = declared_reward_range(funcs, args.reward_weights)
+    if declared is None:
+        logger.warning(
+            "reward_funcs without reward_range: R = sum_k w_k r_k is used in the reward functions' units, so PRPO's "
+            "outcome location beta = R - mean_g R is not in the paper's +-1 units beside the PRM's Z (0/1 rewards halve "
+            "it); set reward_range: [low, high] of R (e.g. [0, 1]), or give each reward function a reward_range "
+            "attribute"
+        )
+    return declared
 
 
 class GenerationEntropy:
@@ -307,7 +349,7 @@ class PRPOTrainer(GRPOTrainer):
             prm = as_prm(prm)
         self.prm = prm if self.uses_prm else None
         self.advantage_kwargs = args.advantage_kwargs()
-        self.outcome_reward = OutcomeReward(None if reward_funcs else grader, args)
+        self.outcome_reward = OutcomeReward(None if reward_funcs else grader, args, outcome_reward_range(reward_funcs, args))
         self.run_files = RunFiles(args.output_dir, collapse_window=args.collapse_window, collapse_drop=args.collapse_drop)
         super().__init__(
             model=model,
@@ -329,7 +371,10 @@ class PRPOTrainer(GRPOTrainer):
             check_dataset(eval_dataset, self._tokenizer, args.max_prompt_length, needs_answer=needs_answer)
         needs_entropy = self.uses_prm and get_segmenter(args.segmenter).needs_entropy
         self._entropy_from_generation = needs_entropy and not (self.use_vllm or args.use_transformers_continuous_batching)
-        self._entropy_from_old_pass = needs_entropy and not self._entropy_from_generation and self._old_pass_runs()
+        # TRL's old-policy pass attends with its completion mask, which hides truncated completions under
+        # mask_truncated_completions; the extra pass attends to every sampled token instead.
+        self._entropy_from_old_pass = (needs_entropy and not self._entropy_from_generation and self._old_pass_runs()
+                                       and not args.mask_truncated_completions)
         self._capture_old_entropy = False
         self._captured_entropy: Tensor | None = None
         self._recorder: GenerationEntropy | None = None
@@ -456,8 +501,12 @@ class PRPOTrainer(GRPOTrainer):
         yield
         self._times[name] += time.perf_counter() - start
 
-    def _sampling_entropy(self, output: dict[str, Any]) -> Tensor:
-        """Per-token entropy [B, T] of the sampling policy at the rollout temperature."""
+    def _sampling_entropy(self, output: dict[str, Any], mask: Tensor) -> Tensor:
+        """Per-token entropy [B, T] of the sampling policy at the rollout temperature.
+
+        ``mask`` marks every sampled token; the extra pass attends with it rather than TRL's
+        ``completion_mask``, which is all 0 on a truncated row under ``mask_truncated_completions``.
+        """
         width = output["completion_ids"].shape[1]
         if self._recorder is not None:
             return self._recorder.entropies(width).to(output["completion_ids"].device)
@@ -465,7 +514,7 @@ class PRPOTrainer(GRPOTrainer):
             return self._captured_entropy.float()
         with self._timed("entropy"):
             input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-            attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+            attention_mask = torch.cat([output["prompt_mask"], mask.to(output["prompt_mask"].dtype)], dim=1)
             with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
                 _, entropies, _ = self._get_per_token_logps_and_entropies(
                     self.model, input_ids, attention_mask, width,
@@ -478,7 +527,7 @@ class PRPOTrainer(GRPOTrainer):
         segmenter = get_segmenter(self.args.segmenter)
         entropy = token_texts = None
         if segmenter.needs_entropy:
-            entropy = self._sampling_entropy(output)
+            entropy = self._sampling_entropy(output, mask)
             self._entropy_sums = torch.stack([(entropy * mask).sum(), mask.sum().float()])
         with self._timed("segment"):
             if segmenter.needs_text:

@@ -128,7 +128,7 @@ def dry_run(config: RunConfig) -> None:
             downloads.append(f"PRM {model}")
     lines.append("a real run downloads: " + (", ".join(downloads) if downloads else "nothing (all local or cached)"))
     print("".join(f"# {line}\n" for line in lines), end="", file=sys.stderr)
-    print(config.to_yaml(), end="")
+    print(config.to_yaml(effective=True), end="")
 
 
 def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART) -> None:
