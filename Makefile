@@ -30,7 +30,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_advantages.py
+	$(PY) speed/bench_advantages.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -17,6 +17,7 @@ from prpo.advantages import (
     outcome_location,
     outcome_rewards,
     register_advantage,
+    run_advantages,
 )
 from prpo.reference import prpo_advantages_rows, pure_advantages_rows
 from prpo.segmentation import scores_to_tokens
@@ -160,6 +161,8 @@ def test_users_can_register_a_method():
         )
         assert adv.tolist() == [[2.5, 0.0]]
         assert get_method("test_constant").options() == {"value": 1.0}
+        inputs = AdvantageInputs(torch.zeros(1), torch.zeros(1, dtype=torch.long), torch.tensor([[True, False]]))
+        assert run_advantages("test_constant", inputs).metrics == {}  # a bare tensor: no diagnostics
         with pytest.raises(ValueError, match="already registered"):
             register_advantage("test_constant", uses_prm=False)(constant)
     finally:

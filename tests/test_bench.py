@@ -11,20 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from prpo.bench.data import (
+from prpo.bench.arithmetic_family import (
     ARITHMETIC,
     TEMPLATE,
     ArithmeticChains,
-    Step,
     bench_task,
     dropped_carry,
-    parse_solution,
     slip,
     terse_problem,
     with_step_errors,
-    write_solution,
 )
-from prpo.bench.family import FamilyPRM, Level, load_family
 from prpo.bench.policy import char_tokenizer
 from prpo.bench.summary import (
     auc,
@@ -39,8 +35,11 @@ from prpo.bench.summary import (
     write_summary,
 )
 from prpo.bench.warmstart import warm_start_rows
+from prpo.prm import PRMError
+from prpo.prm.family import FamilyPRM
 from prpo.tasks import Example, Task
-from prpo.tasks.arithmetic import answer_matches
+from prpo.tasks.arithmetic import Step, answer_matches, write_solution
+from prpo.tasks.family import Level, load_family
 
 
 @dataclass(frozen=True)
@@ -107,8 +106,9 @@ def test_terse_problems_keep_the_generator_split_and_solutions():
     test = bench_task("test", 50, (2, 3), seed=0)
     assert not {e.meta["solution"] for e in train.examples} & {e.meta["solution"] for e in test.examples}
     example = train.examples[0]
-    steps = parse_solution(example.meta["solution"])
+    steps = example.meta["chain"].steps
     assert write_solution(steps) == example.meta["solution"]
+    assert example.problem == terse_problem(steps)
     assert terse_problem(steps).startswith(f"{steps[0].before} {steps[0].op} {steps[0].operand}")
     assert terse_problem(steps).count(" then ") == len(steps) - 1
     assert train.grader(example.meta["solution"], example.answer)
@@ -119,7 +119,7 @@ def test_step_errors_slip_and_carry_on_consistently():
     for value in [0, 7, 12, 55, 130]:
         wrong = slip(value, rng)
         assert wrong != value and wrong >= 0
-    steps = [Step(3, "+", 4, 7), Step(7, "*", 2, 14), Step(14, "-", 5, 9)]
+    steps = [Step("+", 4, 3, 7), Step("*", 2, 7, 14), Step("-", 5, 14, 9)]
     assert with_step_errors(steps, rng, 0.0) == steps
     corrupted = with_step_errors(steps, random.Random(3), 1.0)
     assert all(a.after != b.after for a, b in zip(corrupted, steps))
@@ -137,12 +137,12 @@ def test_dropped_carry_by_hand(before, op, operand, expected):
 
 
 def test_misconception_drops_every_carry_of_its_operators_and_later_steps_carry_on():
-    steps = [Step(47, "+", 5, 52), Step(52, "+", 9, 61), Step(61, "-", 7, 54), Step(54, "+", 3, 57)]
+    steps = [Step("+", 5, 47, 52), Step("+", 9, 52, 61), Step("-", 7, 61, 54), Step("+", 3, 54, 57)]
     wrong = with_step_errors(steps, random.Random(0), error_rate=0.0, misconceptions={"+": 1.0})
     # 47 + 5 carries -> 42; 42 + 9 carries -> 41; the subtraction is not an operator of the
     # misconception (its borrow is kept); 34 + 3 needs no carry.
-    assert wrong == [Step(47, "+", 5, 42), Step(42, "+", 9, 41), Step(41, "-", 7, 34), Step(34, "+", 3, 37)]
-    assert with_step_errors(steps, random.Random(0), 0.0, {"+": 1.0, "-": 1.0})[2] == Step(41, "-", 7, 44)
+    assert wrong == [Step("+", 5, 47, 42), Step("+", 9, 42, 41), Step("-", 7, 41, 34), Step("+", 3, 34, 37)]
+    assert with_step_errors(steps, random.Random(0), 0.0, {"+": 1.0, "-": 1.0})[2] == Step("-", 7, 41, 44)
     rates = [with_step_errors(steps[:1], random.Random(seed), 0.0, {"+": 0.65})[0].after == 42 for seed in range(2000)]
     assert 0.6 < sum(rates) / len(rates) < 0.7
 
@@ -195,15 +195,15 @@ def test_noisy_prm_flips_about_its_share_and_is_deterministic():
 
 
 def test_family_loads_from_a_module_or_a_file():
-    assert load_family("prpo.bench.data:ARITHMETIC") is ARITHMETIC
+    assert load_family("prpo.bench.arithmetic_family:ARITHMETIC") is ARITHMETIC
     family = load_family(f"{Path(__file__)}:REMAINDERS")
     assert family.name == "remainders" and [level.name for level in family.levels] == ["short", "long"]
     with pytest.raises(ValueError, match="expected MODULE:NAME"):
-        load_family("prpo.bench.data")
+        load_family("prpo.bench.arithmetic_family")
     with pytest.raises(ValueError, match="has no attribute 'NOPE'"):
-        load_family("prpo.bench.data:NOPE")
+        load_family("prpo.bench.arithmetic_family:NOPE")
     with pytest.raises(ValueError, match="lacks levels, task, warm_solution, evidence"):
-        load_family("prpo.bench.data:TEMPLATE")
+        load_family("prpo.bench.arithmetic_family:TEMPLATE")
 
 
 def test_arithmetic_levels_get_harder_by_error_sites():
@@ -213,7 +213,7 @@ def test_arithmetic_levels_get_harder_by_error_sites():
     for level in ARITHMETIC.levels:
         examples = ARITHMETIC.task("test", 200, level, 0).examples
         free = [all(s.op == "*" or dropped_carry(s.before, s.op, s.operand) is None
-                    for s in parse_solution(e.meta["solution"])) for e in examples]
+                    for s in e.meta["chain"].steps) for e in examples]
         shares.append(sum(free) / len(free))
     assert shares[0] > shares[1] > shares[2] and shares[0] > 0.3 and shares[2] < 0.2
 
@@ -328,7 +328,7 @@ def test_bench_smoke_end_to_end(tmp_path):
         assert 0.0 <= evals[-1]["heldout/sampled_accuracy"] <= 1.0
         metrics = [json.loads(line) for line in (tmp_path / "runs" / run / "seed-0" / "metrics.jsonl").read_text().splitlines()]
         assert any("frac_groups_same_outcome" in row for row in metrics)
-        assert any("beta_zero_token_share" in row for row in metrics) == run.endswith("prpo")
+        assert any("beta_zero_token_share" in row for row in metrics)  # GRPO reports it too (tokens with A = 0)
     # Step 0 is the warm start: evaluated once per level, the same row in every run.
     start = json.loads((tmp_path / "warmstart" / "heldout-step0-easy-4.json").read_text())
     for run in ("easy/clean/grpo", "easy/clean/prpo", "easy/biased/prpo"):
@@ -369,14 +369,14 @@ def test_bench_runs_a_plugged_in_family(tmp_path):
     sample = json.loads((tmp_path / "runs/long/clean/prpo/seed-0/samples.jsonl").read_text().splitlines()[0])
     assert sample["problem"].startswith("Start with ")
     with pytest.raises(SystemExit, match="differs in family"):
-        bench_main(argv[:5] + ["prpo.bench.data:ARITHMETIC"] + argv[6:])
+        bench_main(argv[:5] + ["prpo.bench.arithmetic_family:ARITHMETIC"] + argv[6:])
 
 
 def test_matrix_runs_the_prm_blind_baseline_once_with_the_clean_prm(tmp_path):
     """`--prm noisy biased` (the Hypothesis-1 command): GRPO runs once per seed, clean; seeds come first."""
     from prpo.bench.runner import SIZES, matrix
 
-    specs = matrix(SIZES["smoke"], "prpo.bench.data:ARITHMETIC", ["hard"], ["noisy", "biased"],
+    specs = matrix(SIZES["smoke"], "prpo.bench.arithmetic_family:ARITHMETIC", ["hard"], ["noisy", "biased"],
                    ["grpo", "prpo", "process_only"], [0, 1], tmp_path)
     runs = [(spec.seed, spec.quality, spec.method) for spec in specs]
     per_seed = [("noisy", "prpo"), ("noisy", "process_only"), ("clean", "grpo"), ("biased", "prpo"),
@@ -385,6 +385,35 @@ def test_matrix_runs_the_prm_blind_baseline_once_with_the_clean_prm(tmp_path):
     assert [seed for seed, _, _ in runs] == [0] * 5 + [1] * 5
     grpo = next(spec for spec in specs if spec.method == "grpo" and spec.seed == 0)
     assert grpo.output_dir == str(tmp_path / "runs" / "hard" / "clean" / "grpo" / "seed-0")
+
+
+def test_default_methods_are_the_advantage_registry_in_its_order():
+    from prpo.advantages import ADVANTAGES
+    from prpo.bench.runner import METHODS
+
+    assert METHODS == tuple(ADVANTAGES)
+    assert METHODS == ("grpo", "dr_grpo", "prpo", "process_only", "prm_avg", "pure", "prof", "prpo_prof")
+
+
+@pytest.mark.parametrize("family", ["prpo.bench.arithmetic_family:ARITHMETIC", f"{Path(__file__)}:REMAINDERS"])
+def test_the_recorded_prm_spec_loads_as_the_prm_of_the_run(tmp_path, family):
+    """A run records its PRM as a `load_prm` spec (type bench_family) and loads it from that record."""
+    from prpo.bench.runner import SIZES, matrix, prm_spec_of
+    from prpo.prm import load_prm
+
+    spec = matrix(SIZES["smoke"], family, [load_family(family).levels[0].name], ["noisy"], ["prpo"], [3], tmp_path)[0]
+    recorded = json.loads(json.dumps(prm_spec_of(spec)))  # as written to the run's config
+    assert recorded["type"] == "bench_family" and recorded["seed"] == 3
+    prm = load_prm(recorded)
+    assert isinstance(prm, FamilyPRM) and prm.family is load_family(family)
+    used = FamilyPRM(load_family(family), "noisy", noise=SIZES["smoke"].noise, seed=3)
+    assert prm.prm_id == used.prm_id
+    examples = prm.family.task("train", 20, prm.family.levels[0], 0).examples
+    segments = [[line + "\n" for line in e.meta["solution"].split("\n")] for e in examples]
+    problems = [e.problem for e in examples]
+    assert prm.score(problems, segments) == used.score(problems, segments)
+    with pytest.raises(PRMError, match="PRM quality 'perfect'"):
+        load_prm({**recorded, "quality": "perfect"})
 
 
 def test_saved_policy_tokenizer_loads_as_saved(tmp_path):

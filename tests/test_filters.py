@@ -12,7 +12,7 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prpo.advantages import ADVANTAGES, compute_advantages
+from prpo.advantages import ADVANTAGES, AdvantageInputs, compute_advantages
 from prpo.config import ConfigError, PRPOConfig
 from prpo.filters import (
     FILTERS,
@@ -39,6 +39,12 @@ def batch_of(rows: list[list[tuple[float, int]]], width: int) -> dict[str, torch
     return {"mask": ids >= 0, "token_scores": scores, "segment_ids": ids}
 
 
+def outcome_inputs(correct: torch.Tensor, group_ids: torch.Tensor, mask: torch.Tensor, token_scores=None,
+                   segment_ids=None) -> AdvantageInputs:
+    """A filter's inputs: the batch with the outcomes o (1 correct, 0 wrong) as its rewards."""
+    return AdvantageInputs(correct.float(), group_ids, mask, token_scores, segment_ids)
+
+
 # One group of G = 8: five correct, three wrong. Step means (not token means) decide: row 0's steps
 # 0.95 (1 token) and 0.45 (3 tokens) have step mean 0.7 (c = 0.4) but token mean 0.575 (c = 0.15).
 GROUP = [
@@ -60,7 +66,7 @@ def group_inputs() -> dict[str, torch.Tensor]:
 
 def test_hand_computed_group_keeps_the_consistent_ones_and_grpo_runs_on_them():
     inputs = group_inputs()
-    result = apply_filter("consistency", correct=CORRECT, keep=4, **inputs)
+    result = apply_filter("consistency", outcome_inputs(CORRECT, **inputs), keep=4)
     # n+ = 5, n- = 3, r = 4: r+ = min(4, round((2 + 4) / 2)) = 3 correct dropped (c = -0.6, -0.1, 0.2: rows 1, 3, 2),
     # 1 wrong dropped (c = -0.4: row 6); kept 2 correct (rows 0, 4) and 2 wrong (rows 5, 7).
     assert result.keep.tolist() == [True, False, False, False, True, True, False, True]
@@ -74,8 +80,8 @@ def test_hand_computed_group_keeps_the_consistent_ones_and_grpo_runs_on_them():
     assert metrics["filter/process_score_dropped"] == pytest.approx((0.2 + 0.6 + 0.45 + 0.7) / 4)  # 0.4875
 
     rewards = torch.where(CORRECT, 1.0, -1.0)
-    grpo = advantages_on_kept("grpo", result.keep, outcome_rewards=rewards, group_ids=inputs["group_ids"],
-                              mask=inputs["mask"])
+    grpo = advantages_on_kept("grpo", result.keep, AdvantageInputs(rewards, inputs["group_ids"], inputs["mask"]))
+    grpo = grpo.advantages
     # kept R = [1, 1, -1, -1]: mean 0, sample std sqrt(4 / 3), A = +-1 / sqrt(4 / 3) = +-0.8660 on valid tokens
     a = 1 / (math.sqrt(4 / 3) + 1e-6)
     expected = torch.zeros(8, 4)
@@ -83,9 +89,13 @@ def test_hand_computed_group_keeps_the_consistent_ones_and_grpo_runs_on_them():
     torch.testing.assert_close(grpo, expected)
     # PRPO on the kept rows: beta = R - mean over the kept (0, not the group's 0.25): row 0, token 0 has
     # Z = (0.95 - 0.5) / sqrt(1/24) = 2.2045 and A = 2.2045 + 1.
-    prpo = advantages_on_kept("prpo", result.keep, outcome_rewards=rewards, **inputs)
-    assert prpo[0, 0].item() == pytest.approx(0.45 / math.sqrt(1 / 24) + 1.0, rel=1e-5)
-    assert prpo[~result.keep].eq(0).all()
+    prpo = advantages_on_kept("prpo", result.keep, AdvantageInputs(outcome_rewards=rewards, **inputs))
+    assert prpo.advantages[0, 0].item() == pytest.approx(0.45 / math.sqrt(1 / 24) + 1.0, rel=1e-5)
+    assert prpo.advantages[~result.keep].eq(0).all()
+    # Its diagnostics are the kept rows' too. beta = +1, +1, -1, -1 (never 0); sign Z = sign(s - 0.5) agrees with
+    # it on row 0's 0.95 (1 token, not its three 0.45), row 4's 0.8 (2), row 5's 0.1 (4) and row 7's 0.25, 0.35 (4):
+    # 11 of the 14 kept tokens. (Over the whole group it would be 21 of 26: rows 1-3 and 6 count there.)
+    assert prpo.metrics == pytest.approx({"beta_zero_token_share": 0.0, "sign_agreement": 11 / 14})
 
 
 @pytest.mark.parametrize(("n_correct", "n_wrong", "remove", "expected"), [
@@ -108,23 +118,24 @@ def test_removal_counts_round_half_to_even(n_correct, n_wrong, remove, expected)
 
 def test_a_group_of_one_outcome_drops_its_lowest_consistency():
     inputs = {**batch_of([[(s, 2)] for s in (0.9, 0.3, 0.5, 0.4)], 2), "group_ids": torch.zeros(4, dtype=torch.long)}
-    right = apply_filter("consistency", correct=torch.ones(4, dtype=torch.bool), keep=2, **inputs)
+    right = apply_filter("consistency", outcome_inputs(torch.ones(4, dtype=torch.bool), **inputs), keep=2)
     assert right.keep.tolist() == [True, False, True, False]  # the lowest scores 0.3 and 0.4 go
-    wrong = apply_filter("consistency", correct=torch.zeros(4, dtype=torch.bool), keep=2, **inputs)
+    wrong = apply_filter("consistency", outcome_inputs(torch.zeros(4, dtype=torch.bool), **inputs), keep=2)
     assert wrong.keep.tolist() == [False, True, False, True]  # c = -(2s - 1): the highest scores 0.9 and 0.5 go
-    advantages = advantages_on_kept("grpo", right.keep, outcome_rewards=torch.ones(4), group_ids=inputs["group_ids"],
-                                    mask=inputs["mask"])
+    advantages = advantages_on_kept("grpo", right.keep, AdvantageInputs(torch.ones(4), inputs["group_ids"], inputs["mask"]))
+    advantages = advantages.advantages
     assert advantages.eq(0).all()  # equal outcomes among the kept: GRPO's 0
 
 
 def test_keep_equal_to_the_group_size_changes_nothing():
     inputs = group_inputs()
-    result = apply_filter("consistency", correct=CORRECT, keep=8, **inputs)
+    result = apply_filter("consistency", outcome_inputs(CORRECT, **inputs), keep=8)
     assert result.keep.all()
     assert "filter/consistency_dropped" not in result.metrics(CORRECT)  # no NaN mean over nothing
     rewards = torch.where(CORRECT, 1.0, -1.0)
     for method in ("grpo", "prpo", "pure"):
-        torch.testing.assert_close(advantages_on_kept(method, result.keep, outcome_rewards=rewards, **inputs),
+        kept = advantages_on_kept(method, result.keep, AdvantageInputs(outcome_rewards=rewards, **inputs))
+        torch.testing.assert_close(kept.advantages,
                                    compute_advantages(method, outcome_rewards=rewards, **inputs))
 
 
@@ -134,7 +145,7 @@ def test_ties_drop_the_earlier_rollout_of_the_group():
     group_ids = torch.tensor([7, 3, 7, 3, 7, 3, 7, 3])
     correct = torch.tensor([1, 0, 0, 1, 1, 1, 0, 0]).bool()
     inputs = {**batch_of([[(0.5, 3)]] * 8, 3), "group_ids": group_ids}
-    keep = apply_filter("consistency", correct=correct, keep=2, **inputs).keep
+    keep = apply_filter("consistency", outcome_inputs(correct, **inputs), keep=2).keep
     # group 7: rows 0 (correct), 2 (wrong), 4 (correct), 6 (wrong) -> drop 0 and 2
     # group 3: rows 1 (wrong), 3 (correct), 5 (correct), 7 (wrong) -> drop 3 and 1
     assert keep.tolist() == [False, False, False, False, True, True, True, True]
@@ -144,8 +155,8 @@ def test_step_penalty_applies_outside_the_step_range():
     # Both correct, keep 1: the one-step response has the higher score (0.9 against 0.8) but J = 1 < 2.
     inputs = {**batch_of([[(0.9, 4)], [(0.8, 2), (0.8, 2)]], 4), "group_ids": torch.zeros(2, dtype=torch.long)}
     correct = torch.ones(2, dtype=torch.bool)
-    assert apply_filter("consistency", correct=correct, keep=1, **inputs).keep.tolist() == [True, False]
-    result = apply_filter("consistency", correct=correct, keep=1, step_penalty=0.5, **inputs)
+    assert apply_filter("consistency", outcome_inputs(correct, **inputs), keep=1).keep.tolist() == [True, False]
+    result = apply_filter("consistency", outcome_inputs(correct, **inputs), keep=1, step_penalty=0.5)
     assert result.keep.tolist() == [False, True]  # c = 0.8 - 0.5 = 0.3 < 0.6
     torch.testing.assert_close(result.scores["consistency"], torch.tensor([0.3, 0.6]))
 
@@ -154,15 +165,17 @@ def test_bad_inputs_and_options_are_refused():
     inputs = group_inputs()
     for keep in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="keep must be an integer >= 1"):
-            apply_filter("consistency", correct=CORRECT, keep=keep, **inputs)
+            apply_filter("consistency", outcome_inputs(CORRECT, **inputs), keep=keep)
     with pytest.raises(ValueError, match=r"does not take option\(s\) \['kep'\]"):
-        apply_filter("consistency", correct=CORRECT, kep=4, **inputs)
+        apply_filter("consistency", outcome_inputs(CORRECT, **inputs), kep=4)
     with pytest.raises(ValueError, match="needs token_scores"):
-        apply_filter("consistency", correct=CORRECT, group_ids=inputs["group_ids"], mask=inputs["mask"])
+        apply_filter("consistency", outcome_inputs(CORRECT, inputs["group_ids"], inputs["mask"]))
     bad = inputs["token_scores"].clone()
     bad[2, 1] = math.nan
     with pytest.raises(ValueError, match=r"token_scores\[2, 1\] = nan"):
-        apply_filter("consistency", correct=CORRECT, **{**inputs, "token_scores": bad})
+        apply_filter("consistency", outcome_inputs(CORRECT, **{**inputs, "token_scores": bad}))
+    with pytest.raises(ValueError, match=r"takes the outcomes o \(1 correct, 0 wrong\).*got \[-1.0, 1.0\]"):
+        apply_filter("consistency", AdvantageInputs(torch.where(CORRECT, 1.0, -1.0), **inputs))  # rewards, not outcomes
     with pytest.raises(ValueError, match="unknown filter 'bogus'; known: consistency"):
         get_filter("bogus")
 
@@ -204,8 +217,8 @@ def filter_cases(draw):
 def test_vectorised_filter_matches_the_reference(case):
     groups, correct, rows, keep, penalty = case
     inputs = batch_of(rows, 9)
-    result = apply_filter("consistency", correct=torch.tensor(correct), group_ids=torch.tensor(groups), keep=keep,
-                          step_penalty=penalty, **inputs)
+    result = apply_filter("consistency", outcome_inputs(torch.tensor(correct), torch.tensor(groups), **inputs), keep=keep,
+                          step_penalty=penalty)
     steps = [[score for score, _ in segments] for segments in rows]
     assert result.keep.tolist() == consistency_filter_rows(correct, groups, steps, keep, step_penalty=penalty)
     for g in set(groups):

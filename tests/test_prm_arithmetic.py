@@ -10,17 +10,17 @@ from fractions import Fraction
 
 import pytest
 
-from prpo.bench.data import parse_solution, terse_problem
+from prpo.bench.arithmetic_family import terse_problem
 from prpo.prm import ArithmeticPRM, PRMError, load_prm
 from prpo.prm.arithmetic import (
     REFERENCE_PARSERS,
     Reference,
+    ReferenceParserEntry,
     ReferenceStep,
-    find_equations,
     find_reference,
-    problem_numbers,
     register_reference_parser,
 )
+from prpo.prm.arithmetic_text import find_equations, problem_numbers
 from prpo.tasks import load_task
 from prpo.tasks.arithmetic import Chain, Step, parse_problem, render_problem
 
@@ -165,7 +165,7 @@ def test_generated_problems_give_back_their_chain_and_its_solution_scores_right(
         segments = [line + "\n" for line in lines[:-1]] + [lines[-1]]
         assert ref.score([example.problem], [segments]) == [[R] * len(segments)]
         # the bench's terse telling of the same chain has the same reference
-        terse = terse_problem(parse_solution(example.meta["solution"]))
+        terse = terse_problem(example.meta["chain"].steps)
         assert find_reference(terse) == find_reference(example.problem)
 
 
@@ -212,12 +212,16 @@ def test_steps_of_a_plugged_in_family_may_come_in_any_order_their_inputs_allow(m
     # (3 * 4) + (5 * 6): the two products are independent, the sum needs both.
     steps = (ReferenceStep((3, 4), 12), ReferenceStep((5, 6), 30), ReferenceStep((12, 30), 42))
     reference = Reference(tuple(map(Fraction, (3, 4, 5, 6))), steps, Fraction(42))
-    monkeypatch.setitem(REFERENCE_PARSERS, "products", lambda p: reference if p.startswith("Products:") else None)
+    parser = ReferenceParserEntry("products", lambda p: reference if p.startswith("Products:") else None)
+    monkeypatch.setitem(REFERENCE_PARSERS, "products", parser)
     prm, problem = load_prm("arithmetic"), "Products: 3 x 4 plus 5 x 6"
     assert score(prm, ["5 * 6 = 30\n", "4 * 3 = 12\n", "12 + 30 = 42\n", "Answer: 42"], problem) == [R, R, R, R]
     assert score(prm, ["3 * 5 = 15\n", "Answer: 42"], problem) == [W, W]
-    with pytest.raises(ValueError, match="'story' is already registered"):
+    with pytest.raises(ValueError, match="reference parser 'story' is already registered"):
         register_reference_parser("story")(lambda p: None)
+    assert REFERENCE_PARSERS.lookup("story").name == "story"
+    with pytest.raises(ValueError, match="unknown reference parser 'nope'; known: products, story, terse"):
+        REFERENCE_PARSERS.lookup("nope")
 
 
 def test_a_detour_to_the_right_value_is_wrong_from_its_first_step_off_the_chain(ref):

@@ -2,11 +2,13 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 from conftest import REPO_ROOT
 
-from prpo.prm import PRM_REGISTRY, ArithmeticPRM, PRMError, ProcessRewardModel, load_prm, validate_scores
+from prpo.prm import PRM_REGISTRY, ArithmeticPRM, PRMError, ProcessRewardModel, load_prm, register_prm, validate_scores
 from prpo.prm.base import build_config, read_config_file
 
 SEGMENTS = [["a", "b"], ["c"]]
@@ -58,7 +60,7 @@ def test_load_by_name_mapping_and_files(tmp_path):
 
 
 def test_load_errors_are_clear(tmp_path):
-    with pytest.raises(PRMError, match="unknown PRM type 'magic'; known types: .*arithmetic"):
+    with pytest.raises(PRMError, match="unknown PRM type 'magic'; known: arithmetic, bench_family, cached, remote"):
         load_prm({"type": "magic"})
     with pytest.raises(PRMError, match="unknown PRM type None"):
         load_prm({"model": "x"})
@@ -76,6 +78,28 @@ def test_load_errors_are_clear(tmp_path):
     field.write_text("type: step_tag\nmodel: some/model\nbatch_tokens: 10\n")
     with pytest.raises(PRMError, match=r"field.yaml \(type 'step_tag'\): unknown field 'batch_tokens'"):
         load_prm(str(field))
+
+
+def test_prm_package_imports_no_layer_above_it():
+    """`prpo.prm` registers every PRM type, ``bench_family`` included, without importing `prpo.bench`."""
+    code = ("import sys, prpo.prm; print([m for m in sys.modules if m.startswith('prpo.bench')]); "
+            "print('bench_family' in prpo.prm.PRM_REGISTRY)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["[]", "True"]
+
+def test_a_second_prm_type_of_a_taken_name_is_refused():
+    class Other:
+        Config = ArithmeticPRM.Config
+
+        def __init__(self, config):
+            self.config = config
+
+    with pytest.raises(ValueError, match="PRM type 'arithmetic' is already registered"):
+        register_prm("arithmetic")(Other)
+    assert PRM_REGISTRY["arithmetic"].fn is ArithmeticPRM and PRM_REGISTRY["arithmetic"].Config is ArithmeticPRM.Config
+    with pytest.raises(TypeError, match="needs a dataclass attribute `Config`"):
+        register_prm("no_config")(type("NoConfig", (), {}))
+    assert "no_config" not in PRM_REGISTRY
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "prm").glob("*.yaml")), ids=lambda p: p.name)

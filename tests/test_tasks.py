@@ -8,7 +8,17 @@ import pytest
 from transformers import AutoTokenizer
 
 from prpo.grading import is_correct_many
-from prpo.tasks import TASKS, TEMPLATES, Example, Task, Template, load_task, register_task, register_template
+from prpo.tasks import (
+    TASKS,
+    TEMPLATES,
+    Example,
+    Task,
+    Template,
+    get_template,
+    load_task,
+    register_task,
+    register_template,
+)
 from prpo.tasks.templates import QWEN_MATH_SYSTEM
 
 
@@ -233,7 +243,7 @@ def test_duplicate_ids_name_both_lines(tmp_path):
 
 
 def test_bad_arguments(tmp_path, fixture_data):
-    with pytest.raises(ValueError, match="unknown task 'nope'; registered: .*'gsm8k'"):
+    with pytest.raises(ValueError, match="unknown task 'nope'; known: .*gsm8k"):
         load_task("nope")
     with pytest.raises(ValueError, match="task 'math500'.*unexpected keyword argument 'seed'"):
         load_task("math500", data_file=fixture_data / "math500.jsonl", seed=3)
@@ -333,6 +343,19 @@ def test_users_can_register_tasks_and_templates():
         assert len(task) == 4 and task.grader("6", task.examples[3].answer)
         assert task.prompt(task.examples[1]) == [{"role": "user", "content": "1 + 1? Be brief."}]
         assert len(load_task("toy", limit=2)) == 2
+        # a second task or template of a taken name is refused; the first one stays
+        with pytest.raises(ValueError, match="task 'toy' is already registered"):
+            register_task("toy", template="chat", grader=lambda response, gold: True)(load_toy)
+        with pytest.raises(ValueError, match="prompt template 'terse' is already registered"):
+            register_template(Template("terse", template.messages, template.text))
+        assert TASKS["toy"].template == "terse" and TEMPLATES["terse"] is template
     finally:
         TASKS.pop("toy")
         TEMPLATES.pop(template.name)
+
+
+def test_a_miss_lists_the_known_tasks_and_templates():
+    with pytest.raises(ValueError, match=r"unknown task 'nope'; known: aime24, amc23, arithmetic, gsm8k, math, math500"):
+        load_task("nope")
+    with pytest.raises(ValueError, match=r"unknown prompt template 'nope'; known: .*arithmetic_oneshot, .*qwen_boxed"):
+        get_template("nope")

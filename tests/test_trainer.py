@@ -25,7 +25,8 @@ from prpo import advantages as adv
 from prpo import reference
 from prpo.advantages import ADVANTAGES
 from prpo.config import PRPOConfig
-from prpo.trainer import PRPOTrainer, check_dataset
+from prpo.tasks.rows import check_dataset
+from prpo.trainer import PRPOTrainer
 
 REQUIRED_METRICS = [
     "reward", "accuracy", "completions/mean_length", "completions/min_length", "completions/max_length",
@@ -33,7 +34,7 @@ REQUIRED_METRICS = [
     "advantages/std", "entropy", "clip_ratio/region_mean", "time/generate", "time/advantages", "time/update",
 ]
 PRM_METRICS = ["segments/per_response", "segments/mean_length", "prm/score_mean", "prm/first_segment_mean",
-               "sign_agreement", "sampling_entropy", "time/entropy", "time/segment", "time/prm"]
+               "sampling_entropy", "time/entropy", "time/segment", "time/prm"]
 PROBLEMS = ["What is 3 + 4?", "What is 12 + 5?"]
 ROLLOUTS = 4  # num_generations; 2 prompts x 4 = one batch of 8
 MIN_GAP = 3
@@ -257,6 +258,22 @@ def check_metrics(run: Run) -> None:
         same = [len(set(outcome[e.groups == g].tolist())) == 1 for g in range(len(PROBLEMS))]
         assert row["frac_groups_same_outcome"] == approx(sum(same) / len(same))
         assert row["final_answer_rate"] == 0.0  # a random model writes no \boxed{} nor "Answer:"
+        # The method's own diagnostics, over the rows it ran on (the filter's kept ones): beta = 0 tokens for the
+        # methods with an outcome location, sign agreement of Z and beta for PRPO; no other method logs them.
+        fn = ADVANTAGES[run.args.method].fn
+        keep = e.keep if e.keep is not None else torch.ones(len(e.texts), dtype=torch.bool)
+        beta, mask = outcome_beta(run.args, e, keep)[keep], e.mask[keep]
+        if fn in (adv.grpo, adv.dr_grpo, adv.prpo):
+            assert row["beta_zero_token_share"] == approx((mask & (beta[:, None] == 0)).sum().item() / mask.sum().item())
+        else:
+            assert "beta_zero_token_share" not in row
+        if fn is adv.prpo:
+            z = process_z(run.args, e, keep)[keep]
+            signed = mask & (beta[:, None] != 0)
+            agree = signed & (torch.sign(z) == torch.sign(beta)[:, None])
+            assert row["sign_agreement"] == approx(agree.sum().item() / max(signed.sum().item(), 1))
+        else:
+            assert "sign_agreement" not in row
         if e.segment_ids is None:
             continue
         counts = e.segment_ids.amax(dim=1) + 1
@@ -267,30 +284,33 @@ def check_metrics(run: Run) -> None:
         assert row["prm/score_mean"] == approx(sum(every) / len(every))
         assert row["prm/first_segment_mean"] == approx(sum(first) / len(first))
         assert row["sampling_entropy"] == approx((batch.entropy * e.mask).sum().item() / e.mask.sum().item())
-        z, beta = process_z(run.args, e), outcome_beta(run.args, e)
-        signed = e.mask & (beta[:, None] != 0)
-        agree = signed & (torch.sign(z) == torch.sign(beta)[:, None])
-        assert row["sign_agreement"] == approx(agree.sum().item() / max(signed.sum().item(), 1))
 
 
-def process_z(args: PRPOConfig, e: Expected) -> torch.Tensor:
-    """Z of ALGORITHM.md s.4, written out: fixed prior, or the group's token mean and population std."""
+def process_z(args: PRPOConfig, e: Expected, keep: torch.Tensor) -> torch.Tensor:
+    """Z of ALGORITHM.md s.4 on the ``keep`` rows, written out: fixed prior, or the group's token mean and population std."""
     scores = e.token_scores.double()
     if args.normalization == "fixed_prior":
         return torch.where(e.mask, (scores - args.mu0) / args.sigma0, 0.0)
     z = torch.zeros_like(scores)
     for g in e.groups.unique():
-        tokens = scores[e.groups == g][e.mask[e.groups == g]]
+        rows = (e.groups == g) & keep
+        tokens = scores[rows][e.mask[rows]]
         mean, std = tokens.mean(), tokens.std(unbiased=False)
-        z[e.groups == g] = (scores[e.groups == g] - mean) / (std + args.eps)
+        z[rows] = (scores[rows] - mean) / (std + args.eps)
     return torch.where(e.mask, z, 0.0)
 
 
-def outcome_beta(args: PRPOConfig, e: Expected) -> torch.Tensor:
+def outcome_beta(args: PRPOConfig, e: Expected, keep: torch.Tensor) -> torch.Tensor:
+    """The outcome location over the ``keep`` rows of each group: ``R - mean``, over the sample std for 'group'.
+
+    GRPO's advantage is the scaled one; its zeros are the same.
+    """
+    scaled = args.outcome_scale == "group" or ADVANTAGES[args.method].fn is adv.grpo
     beta = torch.zeros(len(e.texts), dtype=torch.float64)
     for g in e.groups.unique():
-        r = e.rewards[e.groups == g].double()
-        beta[e.groups == g] = (r - r.mean()) / ((r.std() + args.eps) if args.outcome_scale == "group" else 1.0)
+        rows = (e.groups == g) & keep
+        r = e.rewards[rows].double()
+        beta[rows] = (r - r.mean()) / ((r.std() + args.eps) if scaled and len(r) > 1 else 1.0)
     return beta
 
 
@@ -418,7 +438,7 @@ def test_generation_entropy_equals_the_forward_pass_entropy(tiny_causal_lm_dir, 
     prompts = [row["prompt"] for row in dataset()]
     prompt_ids, completion_ids, *_ = trainer._generate(prompts)
     width = max(len(c) for c in completion_ids)
-    captured = trainer._recorder.entropies(width)
+    captured = trainer._rollout.recorder.entropies(width)
     pad = trainer._tokenizer.pad_token_id
     plen = max(len(p) for p in prompt_ids)
     ids = torch.tensor([[pad] * (plen - len(p)) + p + c + [pad] * (width - len(c)) for p, c in zip(prompt_ids, completion_ids)])

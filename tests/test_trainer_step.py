@@ -19,7 +19,8 @@ from test_trainer import policy_dir, policy_entropy  # noqa: F401  (policy_dir: 
 
 from prpo.config import PRPOConfig
 from prpo.grading import extract_final_answer
-from prpo.trainer import OutcomeReward, PRPOTrainer
+from prpo.rewards import OutcomeReward
+from prpo.trainer import PRPOTrainer, Rollout
 
 PROBLEMS = {"q0": ("What is 3 + 4?", "7"), "q1": ("What is 12 + 5?", "17")}
 OK, NO, SO = "ok ok\n\n", "no no\n\n", "so so\n\n"  # 3 tokens each: 'ok', ' ok', '\n\n'
@@ -118,7 +119,8 @@ def run_step(trainer: PRPOTrainer, local: list[int]) -> tuple[torch.Tensor, dict
     width = max(LENGTHS[i] for i in local)  # each process pads to its own longest response
     pad = trainer.processing_class.pad_token_id
     completion_ids = torch.tensor([ids[i] + [pad] * (width - LENGTHS[i]) for i in local])
-    advantages = trainer.token_advantages(inputs, {"completion_ids": completion_ids}, [LENGTHS[i] for i in local], "train")
+    rollout = Rollout(lengths=[LENGTHS[i] for i in local])
+    advantages = trainer.token_advantages(inputs, {"completion_ids": completion_ids}, rollout, "train")
     metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if not k.startswith("time/")}
     return advantages, metrics
 
@@ -200,20 +202,36 @@ def test_entropy_without_a_generation_hook(num_iterations, policy_dir, tmp_path)
     output = rollout(trainer)
     expected = policy_entropy(trainer.model, output, 0.8)
     mask = output["completion_mask"].bool()
-    # TRL's rollout: PRPO arms the capture, then TRL runs its old-policy pass when the steps are not aligned.
-    trainer._capture_old_entropy = trainer._entropy_from_old_pass
-    if trainer._old_pass_runs():
+    assert trainer._entropy_source == ("old_pass" if num_iterations > 1 else "extra_pass")
+    # TRL's rollout: PRPO arms the capture, then TRL runs its old-policy pass (not aligned steps).
+    state = trainer._rollout = Rollout(capture_old_pass=trainer._entropy_source == "old_pass")
+    if num_iterations > 1:
         ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         with torch.no_grad():
             _, entropies, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attention, mask.shape[1])
         assert entropies is None  # TRL asked for log-probs only and gets log-probs only
-    trainer._times.clear()
-    entropy = trainer._sampling_entropy(output, mask)
+    state.times.clear()
+    entropy = trainer._sampling_entropy(output, mask, state)
     assert expected[mask].std() > 0.3  # a peaked model: entropies that differ by position
     torch.testing.assert_close(entropy[mask], expected[mask], rtol=1e-4, atol=1e-4)
-    extra_pass = "entropy" in trainer._times
+    extra_pass = "entropy" in state.times
     assert extra_pass == (num_iterations == 1)
+
+
+@pytest.mark.parametrize("engine, num_iterations, mask_truncated, segmenter, source", [
+    ({}, 1, False, "entropy", "generation"),
+    ({}, 2, True, "entropy", "generation"),  # transformers generate: the hook, whatever else is set
+    ({"use_transformers_continuous_batching": True}, 2, False, "entropy", "old_pass"),
+    ({"use_transformers_continuous_batching": True}, 1, False, "entropy", "extra_pass"),
+    ({"use_transformers_continuous_batching": True}, 2, True, "entropy", "extra_pass"),  # TRL's pass hides truncated rows
+    ({}, 1, False, "marker", None),  # a segmenter that reads no entropy
+])
+def test_the_entropy_source_is_chosen_once(engine, num_iterations, mask_truncated, segmenter, source, policy_dir, tmp_path):
+    args = step_config(str(tmp_path), segmenter=segmenter, min_gap=3, num_iterations=num_iterations,
+                       mask_truncated_completions=mask_truncated, **engine)
+    trainer = PRPOTrainer(str(policy_dir), args=args, train_dataset=step_dataset(), prm=WordPRM(), grader=answer_grader)
+    assert trainer._entropy_source == source
 
 
 def test_truncated_completions_masked_by_trl_keep_their_entropy(policy_dir, tmp_path):
@@ -222,12 +240,12 @@ def test_truncated_completions_masked_by_trl_keep_their_entropy(policy_dir, tmp_
     args = step_config(str(tmp_path), segmenter="entropy", min_gap=3, temperature=0.8, num_iterations=2,
                        use_transformers_continuous_batching=True, mask_truncated_completions=True)
     trainer = PRPOTrainer(str(policy_dir), args=args, train_dataset=step_dataset(), prm=WordPRM(), grader=answer_grader)
-    assert trainer._old_pass_runs() and not trainer._entropy_from_old_pass
+    assert trainer._entropy_source == "extra_pass"
     output = rollout(trainer)
     expected = policy_entropy(trainer.model, output, 0.8)
     mask = output["completion_mask"].bool()
     output["completion_mask"][0] = 0  # what TRL does to a truncated completion
-    entropy = trainer._sampling_entropy(output, mask)
+    entropy = trainer._sampling_entropy(output, mask, Rollout())
     torch.testing.assert_close(entropy[mask], expected[mask], rtol=1e-4, atol=1e-4)
 
 

@@ -17,16 +17,9 @@ from trl import GRPOTrainer
 
 from prpo.config import ConfigError, PRPOConfig
 from prpo.prm import FunctionPRM, PRMError, as_prm
-from prpo.trainer import (
-    OutcomeReward,
-    PRPOTrainer,
-    check_dataset,
-    declared_reward_range,
-    outcome_reward_range,
-    prompt_key,
-    row_problem,
-    row_prompt_id,
-)
+from prpo.rewards import OutcomeReward, declared_reward_range, outcome_reward_range
+from prpo.tasks.rows import check_dataset, prompt_key, row_problem, row_prompt_id
+from prpo.trainer import PRPOTrainer
 
 from conftest import REPO_ROOT
 
@@ -119,7 +112,7 @@ def test_grpo_and_prpo_differ_only_in_the_advantages(tiny_causal_lm_dir, tmp_pat
     # here every R is 0, so beta = 0 and each A is the response's own Z (fixed prior), whatever its group.
     before = out_p["advantages"].clone()
     prpo.outcome_reward.rewards[0] = math.nan
-    after = prpo.token_advantages(batch_p, out_p, prpo._rollout_lengths, "eval")
+    after = prpo.token_advantages(batch_p, out_p, prpo._rollout, "eval")
     assert torch.all(after[0] == 0) and torch.equal(after[1:], before[1:])
 
 
@@ -139,7 +132,7 @@ def test_the_readme_shows_the_example_scripts():
 
 def test_prompt_ids_are_content_hashes_stable_across_processes():
     prompt = [SYSTEM, {"role": "user", "content": "What is 3 + 4?"}]
-    code = "import sys; from prpo.trainer import prompt_key; print(prompt_key(eval(sys.argv[1])))"
+    code = "import sys; from prpo.tasks.rows import prompt_key; print(prompt_key(eval(sys.argv[1])))"
     ids = {subprocess.run([sys.executable, "-c", code, repr(prompt)], capture_output=True, text=True, check=True,
                           env={"PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"}).stdout.strip() for seed in ("1", "2")}
     assert ids == {prompt_key(prompt)} and len(prompt_key(prompt)) == 16
@@ -185,7 +178,7 @@ def test_reward_range_is_taken_from_the_reward_functions_when_each_declares_it(c
     assert declared_reward_range([with_range(0, 1), with_range(0, 1)], None) == (0.0, 2.0)
     assert declared_reward_range([with_range(0, 1), len], None) is None  # one undeclared: unknown
     args = PRPOConfig(output_dir="unused", use_cpu=True)
-    with caplog.at_level("WARNING", logger="prpo.trainer"):
+    with caplog.at_level("WARNING", logger="prpo.rewards"):
         assert outcome_reward_range(with_range(0, 1), args) == (0.0, 1.0)  # a single function, as TRL accepts
         assert not caplog.records
         assert outcome_reward_range([len], args) is None
@@ -202,7 +195,7 @@ def test_reward_range_with_the_built_in_grader_is_refused():
     args = PRPOConfig(output_dir="u", use_cpu=True, prm={"type": "arithmetic"}, reward_range=[0, 1])
     with pytest.raises(ValueError, match="reward_range=.*mapped twice: remove reward_range"):
         PRPOTrainer("not-loaded", args=args)  # refused before the model is loaded
-    from prpo.config import build_config
+    from prpo.run_config import build_config
 
     with pytest.raises(ConfigError) as info:
         build_config({"model": {"model_name_or_path": "x"}, "task": {"name": "arithmetic"}, "reward_range": [0, 1],

@@ -16,7 +16,7 @@ _EXPORTS = {
     "PRPOTrainer": "prpo.trainer",
     "PRPOConfig": "prpo.config",
     "ConfigError": "prpo.config",
-    "load_config": "prpo.config",
+    "load_config": "prpo.run_config",
     "compute_advantages": "prpo.advantages",
     "register_advantage": "prpo.advantages",
     "ADVANTAGES": "prpo.advantages",
@@ -31,9 +31,10 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from prpo.advantages import ADVANTAGES, compute_advantages, register_advantage
-    from prpo.config import ConfigError, PRPOConfig, load_config
+    from prpo.config import ConfigError, PRPOConfig
     from prpo.grading import is_correct
     from prpo.prm import ProcessRewardModel, load_prm, register_prm
+    from prpo.run_config import load_config
     from prpo.tasks import load_task
     from prpo.trainer import PRPOTrainer
 

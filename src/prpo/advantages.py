@@ -2,11 +2,12 @@
 
 Every method maps the same inputs -- outcome rewards ``R[B]``, prompt ids ``group_ids[B]``,
 the response mask ``M[B, T]`` and, for process methods, token scores ``P[B, T]`` and segment ids
-``S[B, T]`` -- to advantages ``A[B, T]`` that are exactly 0 on padding. Groups always come from
-``group_ids`` (any order, any sizes), never from positions. Methods live in a registry:
+``S[B, T]`` -- to advantages ``A[B, T]`` that are exactly 0 on padding, with the diagnostics the
+method defines (`AdvantageResult`). Groups always come from ``group_ids`` (any order, any sizes),
+never from positions. Methods live in a registry:
 
     @register_advantage("my_method", uses_prm=True)
-    def my_method(inputs: AdvantageInputs, *, alpha: float = 1.0) -> Tensor: ...
+    def my_method(inputs: AdvantageInputs, *, alpha: float = 1.0) -> AdvantageResult: ...
 
     compute_advantages("my_method", outcome_rewards=R, group_ids=g, mask=M, token_scores=P, alpha=2.0)
 """
@@ -15,13 +16,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from prpo.registry import Registry, keyword_options
 from prpo.segmentation import response_lengths
+
+
+# Defaults shared by the methods, the config and the reference (ALGORITHM.md s.4), written once here.
+MU0 = 0.5  # fixed_prior location of the PRM score
+SIGMA0 = math.sqrt(1 / 24)  # fixed_prior scale: the std of a uniform score on [0, 1]
+EPS = 1e-6  # added to standard deviations
+CORRECT_REWARD = 1.0  # outcome reward R of a correct answer
+WRONG_REWARD = -1.0  # outcome reward R of a wrong or missing answer
 
 
 @dataclass(frozen=True)
@@ -40,11 +49,29 @@ class AdvantageInputs:
             raise ValueError(f"advantage method {method!r} needs token_scores (a PRM score per token)")
         return self.token_scores
 
+    def rows(self, index: Tensor | slice) -> AdvantageInputs:
+        """The inputs of the rows ``index`` picks (a slice views them; a boolean mask copies)."""
+        pick = (lambda t: None if t is None else t[index])  # noqa: E731
+        return AdvantageInputs(self.outcome_rewards[index], self.group_ids[index], self.mask[index],
+                               pick(self.token_scores), pick(self.segment_ids))
+
     def segments(self, method: str) -> Tensor:
         """The segment ids, or a clear error for a method that needs them."""
         if self.segment_ids is None:
             raise ValueError(f"advantage method {method!r} needs segment_ids")
         return self.segment_ids
+
+
+@dataclass(frozen=True)
+class AdvantageResult:
+    """A method's advantages ``A[B, T]`` (0 on padding) and the diagnostics it defines, as scalars.
+
+    The diagnostics are computed once, inside the method, on the rows it ran on (after a filter:
+    the kept ones); the trainer logs them as they are.
+    """
+
+    advantages: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,7 +83,7 @@ class AdvantageMethod:
     """
 
     name: str
-    fn: Callable[..., Tensor]
+    fn: Callable[..., AdvantageResult]
     uses_prm: bool
     filter: str | None = None
 
@@ -70,10 +97,13 @@ ADVANTAGES: Registry[AdvantageMethod] = Registry("advantage method")
 
 def register_advantage(
     name: str, *, uses_prm: bool, filter: str | None = None
-) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Register ``fn(inputs: AdvantageInputs, *, **options) -> Tensor[B, T]`` under ``name`` (``filter``: a preset's)."""
+) -> Callable[[Callable[..., AdvantageResult]], Callable[..., AdvantageResult]]:
+    """Register ``fn(inputs: AdvantageInputs, *, **options) -> AdvantageResult`` under ``name`` (``filter``: a preset's).
 
-    def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    A method that reports no diagnostics may return the ``A[B, T]`` tensor alone.
+    """
+
+    def decorator(fn: Callable[..., AdvantageResult]) -> Callable[..., AdvantageResult]:
         ADVANTAGES.add(AdvantageMethod(name, fn, uses_prm, filter))
         return fn
 
@@ -139,8 +169,8 @@ def outcome_rewards(
     correct: Tensor,
     lengths: Tensor,
     *,
-    correct_reward: float = 1.0,
-    wrong_reward: float = -1.0,
+    correct_reward: float = CORRECT_REWARD,
+    wrong_reward: float = WRONG_REWARD,
     overlong_len: int | None = None,
 ) -> Tensor:
     """``R_i = correct_reward if correct else wrong_reward``, minus ``L_i / L_pen`` when ``L_i > L_pen / 2``."""
@@ -153,7 +183,7 @@ def outcome_rewards(
     return rewards
 
 
-def outcome_location(rewards: Tensor, group_ids: Tensor, *, scale: str = "none", eps: float = 1e-6) -> Tensor:
+def outcome_location(rewards: Tensor, group_ids: Tensor, *, scale: str = "none", eps: float = EPS) -> Tensor:
     """``beta_i = R_i - mean_g R`` (``scale="none"``), or that over ``std_g + eps`` (``"group"``, sample std).
 
     Float32; exactly 0 for a group of equal rewards (see ``group_deviation``).
@@ -172,9 +202,9 @@ def process_advantage(
     group_ids: Tensor,
     *,
     normalization: str = "fixed_prior",
-    mu0: float = 0.5,
-    sigma0: float = math.sqrt(1 / 24),
-    eps: float = 1e-6,
+    mu0: float = MU0,
+    sigma0: float = SIGMA0,
+    eps: float = EPS,
     shift: Tensor | None = None,
 ) -> Tensor:
     """Process advantage ``Z[B, T]`` from token scores ``P`` (plus a per-response ``shift``), 0 on padding.
@@ -217,16 +247,38 @@ def mean_token_score(token_scores: Tensor, mask: Tensor, method: str) -> Tensor:
 # ----------------------------------------------------------------------------- methods
 
 
+def beta_zero_token_share(beta: Tensor, mask: Tensor) -> float:
+    """Share of valid tokens whose outcome location is 0, ``sum M[beta = 0] / sum M``: the all-same groups'.
+
+    There PRPO's advantage is the PRM's alone (its blind spot), and GRPO's is 0.
+    """
+    return ((mask & (beta == 0)[:, None]).sum() / mask.sum().clamp(min=1)).item()
+
+
+def sign_agreement(z: Tensor, beta: Tensor, mask: Tensor) -> float:
+    """Share of the valid tokens with ``beta != 0`` where ``sign Z = sign beta``: how often the PRM agrees with the outcome."""
+    signed = mask & (beta != 0)[:, None]
+    agree = signed & (torch.sign(z) == torch.sign(beta)[:, None])
+    return (agree.sum() / signed.sum().clamp(min=1)).item()
+
+
 @register_advantage("grpo", uses_prm=False)
-def grpo(inputs: AdvantageInputs, *, eps: float = 1e-6) -> Tensor:
-    """GRPO: ``A_i = (R_i - mean_g R) / (std_g R + eps)`` (sample std), broadcast to all tokens."""
-    return broadcast(outcome_location(inputs.outcome_rewards, inputs.group_ids, scale="group", eps=eps), inputs.mask)
+def grpo(inputs: AdvantageInputs, *, eps: float = EPS) -> AdvantageResult:
+    """GRPO: ``A_i = (R_i - mean_g R) / (std_g R + eps)`` (sample std), broadcast to all tokens.
+
+    Reports ``beta_zero_token_share`` (tokens of all-same groups, whose advantage is 0).
+    """
+    location = outcome_location(inputs.outcome_rewards, inputs.group_ids, scale="group", eps=eps)
+    return AdvantageResult(broadcast(location, inputs.mask),
+                           {"beta_zero_token_share": beta_zero_token_share(location, inputs.mask)})
 
 
 @register_advantage("dr_grpo", uses_prm=False)
-def dr_grpo(inputs: AdvantageInputs) -> Tensor:
-    """Dr. GRPO: ``A_i = R_i - mean_g R``, broadcast to all tokens."""
-    return broadcast(outcome_location(inputs.outcome_rewards, inputs.group_ids), inputs.mask)
+def dr_grpo(inputs: AdvantageInputs) -> AdvantageResult:
+    """Dr. GRPO: ``A_i = R_i - mean_g R``, broadcast to all tokens. Reports ``beta_zero_token_share``."""
+    location = outcome_location(inputs.outcome_rewards, inputs.group_ids)
+    return AdvantageResult(broadcast(location, inputs.mask),
+                           {"beta_zero_token_share": beta_zero_token_share(location, inputs.mask)})
 
 
 @register_advantage("prpo", uses_prm=True)
@@ -234,17 +286,24 @@ def prpo(
     inputs: AdvantageInputs,
     *,
     normalization: str = "fixed_prior",
-    mu0: float = 0.5,
-    sigma0: float = math.sqrt(1 / 24),
+    mu0: float = MU0,
+    sigma0: float = SIGMA0,
     outcome_scale: str = "none",
-    eps: float = 1e-6,
-) -> Tensor:
-    """PRPO: ``A[i, t] = Z[i, t] + beta_i``; the outcome sets the location, the PRM moves credit between segments."""
+    eps: float = EPS,
+) -> AdvantageResult:
+    """PRPO (Ding et al., arXiv 2601.07182): ``A[i, t] = Z[i, t] + beta_i``; the outcome sets the location,
+    the PRM moves credit between segments.
+
+    ``Z``: `process_advantage` (``normalization``, ``mu0``, ``sigma0``, ``eps``); ``beta``:
+    `outcome_location` (``outcome_scale``). Reports ``beta_zero_token_share`` and ``sign_agreement``.
+    """
+    mask, scores = inputs.mask, inputs.scores("prpo")
     beta = outcome_location(inputs.outcome_rewards, inputs.group_ids, scale=outcome_scale, eps=eps)
-    return process_advantage(
-        inputs.scores("prpo"), inputs.mask, inputs.group_ids,
-        normalization=normalization, mu0=mu0, sigma0=sigma0, eps=eps, shift=beta,
-    )
+    z = process_advantage(scores, mask, inputs.group_ids, normalization=normalization, mu0=mu0, sigma0=sigma0, eps=eps)
+    advantages = process_advantage(scores, mask, inputs.group_ids, normalization=normalization, mu0=mu0,
+                                   sigma0=sigma0, eps=eps, shift=beta)
+    return AdvantageResult(advantages, {"beta_zero_token_share": beta_zero_token_share(beta, mask),
+                                        "sign_agreement": sign_agreement(z, beta, mask)})
 
 
 @register_advantage("process_only", uses_prm=True)
@@ -252,22 +311,22 @@ def process_only(
     inputs: AdvantageInputs,
     *,
     normalization: str = "fixed_prior",
-    mu0: float = 0.5,
-    sigma0: float = math.sqrt(1 / 24),
-    eps: float = 1e-6,
-) -> Tensor:
+    mu0: float = MU0,
+    sigma0: float = SIGMA0,
+    eps: float = EPS,
+) -> AdvantageResult:
     """Process only: ``A[i, t] = Z[i, t]`` (beta = 0), the setting of Hypothesis 1 (ALGORITHM.md s.6)."""
-    return process_advantage(
+    return AdvantageResult(process_advantage(
         inputs.scores("process_only"), inputs.mask, inputs.group_ids,
         normalization=normalization, mu0=mu0, sigma0=sigma0, eps=eps,
-    )
+    ))
 
 
 @register_advantage("prm_avg", uses_prm=True)
-def prm_avg(inputs: AdvantageInputs, *, eps: float = 1e-6) -> Tensor:
+def prm_avg(inputs: AdvantageInputs, *, eps: float = EPS) -> AdvantageResult:
     """PRM-Avg: ``R'_i = R_i + mean_{t < L_i} P[i, t]``, then GRPO on ``R'``."""
     shaped = inputs.outcome_rewards.double() + mean_token_score(inputs.scores("prm_avg"), inputs.mask, "prm_avg")
-    return broadcast(outcome_location(shaped, inputs.group_ids, scale="group", eps=eps), inputs.mask)
+    return AdvantageResult(broadcast(outcome_location(shaped, inputs.group_ids, scale="group", eps=eps), inputs.mask))
 
 
 @register_advantage("pure", uses_prm=True)
@@ -276,10 +335,10 @@ def pure(
     *,
     tau: float = 0.1,
     outcome_coef: float = 1.0,
-    correct_reward: float = 1.0,
-    wrong_reward: float = -1.0,
+    correct_reward: float = CORRECT_REWARD,
+    wrong_reward: float = WRONG_REWARD,
     separator_ends: bool = False,
-) -> Tensor:
+) -> AdvantageResult:
     """PURE min-form credit assignment (Cheng et al., arXiv 2504.15275), as its reference code runs it
     (CJReinforce/PURE, ``experience_maker.py``, ``--reward_baseline token``).
 
@@ -334,7 +393,7 @@ def pure(
     if separator_ends:
         positions = torch.arange(mask.shape[1], device=mask.device)
         zero |= step_end & (positions[None, :] != lengths[:, None] - 1)
-    return returns.masked_fill(zero, 0.0).float()
+    return AdvantageResult(returns.masked_fill(zero, 0.0).float())
 
 
 # Presets: a method above run on the rollouts PROF's consistency filter keeps (Ye et al., arXiv 2509.03403;
@@ -371,6 +430,16 @@ def validate_inputs(inputs: AdvantageInputs) -> None:
             raise ValueError(f"token_scores[{row}, {t}] = {scores[row, t].item()}: scores must be finite and in [0, 1]")
 
 
+def run_advantages(method: str, inputs: AdvantageInputs, **options: object) -> AdvantageResult:
+    """The registered ``method``'s `AdvantageResult` on ``inputs``: ``A[B, T]`` (float32, 0 on padding), diagnostics."""
+    ADVANTAGES.check_options(method, options)
+    validate_inputs(inputs)
+    result = ADVANTAGES[method].fn(inputs, **options)
+    if isinstance(result, Tensor):  # a method with no diagnostics may return its advantages alone
+        return AdvantageResult(result.float())
+    return AdvantageResult(result.advantages.float(), result.metrics)
+
+
 def compute_advantages(
     method: str,
     *,
@@ -381,8 +450,6 @@ def compute_advantages(
     segment_ids: Tensor | None = None,
     **options: object,
 ) -> Tensor:
-    """Token-level advantages ``A[B, T]`` (float32) of the registered ``method`` (0 on padding)."""
-    ADVANTAGES.check_options(method, options)
+    """Token-level advantages ``A[B, T]`` (float32, 0 on padding) of the registered ``method``; see `run_advantages`."""
     inputs = AdvantageInputs(outcome_rewards, group_ids, mask.bool(), token_scores, segment_ids)
-    validate_inputs(inputs)
-    return ADVANTAGES[method].fn(inputs, **options).float()
+    return run_advantages(method, inputs, **options).advantages

@@ -1,38 +1,28 @@
-"""Run configuration: one YAML file -> validated `model`, `task`, `eval_task` sections and a `PRPOConfig`.
+"""`PRPOConfig`: TRL's `GRPOConfig` plus PRPO's fields, every field and combination checked on construction.
 
-Layout (TRL's CLI convention: training arguments are flat top-level keys)::
-
-    model: {model_name_or_path: Qwen/Qwen2.5-Math-1.5B, dtype: bfloat16}   # trl.ModelConfig
-    task: {name: math, data_file: data/math_train.json}                    # prpo.tasks.load_task
-    eval_task: {name: math500}                                             # optional
-    method: prpo                                                           # PRPOConfig / GRPOConfig
-    prm: {type: step_tag, model: Qwen/Qwen2.5-Math-PRM-7B}
-    learning_rate: 1.0e-6
-
-Every key is checked: an unknown key, a value of the wrong type or an impossible combination
-raises `ConfigError` naming the key. `--key value` overrides use dotted keys (`--task.limit 8`).
+The checks are tables (`FIELD_CHECKS`, `COMBINATION_CHECKS`) run from `__post_init__`, so a config
+built in Python is checked like one read from a YAML run file (`prpo.run_config`); each raises
+`ConfigError` naming the key, the bad value and what to set instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import enum
 import math
 import os
 import re
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from transformers.trainer_utils import SchedulerType
-from trl import GRPOConfig, ModelConfig
+from trl import GRPOConfig
 
-from prpo.segmentation import SEGMENTERS, get_segmenter
+from prpo.advantages import CORRECT_REWARD, EPS, MU0, SIGMA0, WRONG_REWARD
+from prpo.segmentation import K, MARKER, MIN_GAP, SEGMENT_LENGTH, SEGMENTERS, get_segmenter
 from prpo.typecheck import has_type, type_name
 
 Normalization = Literal["fixed_prior", "group"]
@@ -68,10 +58,10 @@ class PRPOConfig(GRPOConfig):
 
     method: str = field(default="prpo", metadata={"help": "Advantage method: a name of prpo.advantages.ADVANTAGES."})
     normalization: Normalization = field(default="fixed_prior", metadata={"help": "Process advantage: fixed_prior or group."})
-    mu0: float = field(default=0.5, metadata={"help": "fixed_prior location of the PRM score."})
-    sigma0: float = field(default=math.sqrt(1 / 24), metadata={"help": "fixed_prior scale of the PRM score."})
+    mu0: float = field(default=MU0, metadata={"help": "fixed_prior location of the PRM score."})
+    sigma0: float = field(default=SIGMA0, metadata={"help": "fixed_prior scale of the PRM score (sqrt(1/24))."})
     outcome_scale: OutcomeScale = field(default="none", metadata={"help": "Divide beta by the group std ('group') or not."})
-    eps: float = field(default=1e-6, metadata={"help": "Added to standard deviations."})
+    eps: float = field(default=EPS, metadata={"help": "Added to standard deviations."})
     advantage_options: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "Further options of the advantage method (e.g. `tau` for pure)."}
     )
@@ -83,13 +73,13 @@ class PRPOConfig(GRPOConfig):
                   "own (prof, prpo_prof: consistency keeping half of each group) or no filter."},
     )
     segmenter: str = field(default="entropy", metadata={"help": "A name of prpo.segmentation.SEGMENTERS: entropy, marker, fixed."})
-    k: int = field(default=5, metadata={"help": "Entropy segmenter: at most k spikes."})
-    min_gap: int = field(default=10, metadata={"help": "Entropy segmenter: spikes at least min_gap tokens apart."})
-    marker: str = field(default="\n\n", metadata={"help": "Marker segmenter: a new step after each marker."})
-    segment_length: int = field(default=64, metadata={"help": "Fixed segmenter: tokens per segment."})
+    k: int = field(default=K, metadata={"help": "Entropy segmenter: at most k spikes."})
+    min_gap: int = field(default=MIN_GAP, metadata={"help": "Entropy segmenter: spikes at least min_gap tokens apart."})
+    marker: str = field(default=MARKER, metadata={"help": "Marker segmenter: a new step after each marker."})
+    segment_length: int = field(default=SEGMENT_LENGTH, metadata={"help": "Fixed segmenter: tokens per segment."})
     prm: dict[str, Any] | None = field(default=None, metadata={"help": "PRM spec for prpo.prm.load_prm."})
-    correct_reward: float = field(default=1.0, metadata={"help": "Outcome reward R of a correct answer."})
-    wrong_reward: float = field(default=-1.0, metadata={"help": "Outcome reward R of a wrong or missing answer."})
+    correct_reward: float = field(default=CORRECT_REWARD, metadata={"help": "Outcome reward R of a correct answer."})
+    wrong_reward: float = field(default=WRONG_REWARD, metadata={"help": "Outcome reward R of a wrong or missing answer."})
     reward_range: list[float] | None = field(
         default=None,
         metadata={"help": "[low, high] of the reward_funcs' weighted sum R: mapped onto [wrong_reward, correct_reward] "
@@ -207,141 +197,20 @@ class PRPOConfig(GRPOConfig):
                 f"{self.per_device_train_batch_size} x gradient_accumulation_steps {self.gradient_accumulation_steps})")
 
 
-@dataclass
-class TaskConfig:
-    """Arguments of `prpo.tasks.load_task`."""
-
-    name: str
-    data_file: str | None = None
-    dataset_id: str | None = None
-    split: str | None = None
-    limit: int | None = None
-    template: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunConfig:
-    """A validated run: the policy model, the training task, an optional eval task and the trainer arguments."""
-
-    model: ModelConfig
-    task: TaskConfig
-    training: PRPOConfig
-    eval_task: TaskConfig | None = None
-    source: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def resolved(self, *, effective: bool = False) -> dict[str, Any]:
-        """The full config as YAML-ready data: every key, given or defaulted, that `build_config` reads back.
-
-        ``effective``: the values this launch trains with where `PRPOConfig` derives them
-        (``gradient_accumulation_steps`` from ``prompts_per_step`` and the process count), which read
-        back only on the same number of processes; otherwise the keys as given.
-        """
-        out = {
-            "model": _declared(self.model, self.source.get("model") or {}),
-            "task": _declared(self.task, self.source.get("task") or {}),
-        }
-        if self.eval_task is not None:
-            out["eval_task"] = _declared(self.eval_task, self.source.get("eval_task") or {})
-        given = {k: v for k, v in self.source.items() if k not in SECTIONS}
-        out.update(_declared(self.training, given))
-        if effective and self.training.prompts_per_step is not None:
-            out["gradient_accumulation_steps"] = self.training.gradient_accumulation_steps
-        return out
-
-    def to_yaml(self, *, effective: bool = False) -> str:
-        return yaml.safe_dump(self.resolved(effective=effective), sort_keys=False, allow_unicode=True, width=120)
-
-
-SECTIONS: dict[str, type] = {"model": ModelConfig, "task": TaskConfig, "eval_task": TaskConfig}
-
-
-# ----------------------------------------------------------------------------- YAML
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-6` as a float (YAML 1.2), not the string YAML 1.1 makes of it."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value read as YAML: `1e-6` -> float, `true` -> bool, `[a, b]` -> list, else a string."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
-        return text
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML run config."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"config file {path} does not exist")
-    try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as err:
-        raise ConfigError("", f"{path} is not valid YAML: {err}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("", f"{path} must hold a mapping of config keys, got {type(data).__name__}")
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply `--key value` / `--key=value` pairs; dotted keys reach into sections and mappings."""
-    data = _deepcopy(data)
-    args = list(overrides)
-    while args:
-        flag = args.pop(0)
-        if not flag.startswith("--") or len(flag) < 3:
-            raise ConfigError("", f"expected --key value, got {flag!r}")
-        key, eq, raw = flag[2:].partition("=")
-        if not eq:
-            if not args or args[0].startswith("--"):
-                raise ConfigError(key, "missing value after the flag")
-            raw = args.pop(0)
-        *parents, leaf = key.split(".")
-        node = data
-        for depth, part in enumerate(parents):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(".".join(parents[: depth + 1]), f"is {type(child).__name__}, not a mapping")
-            node = child
-        node[leaf] = parse_value(raw)
-    return data
-
-
-def _deepcopy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deepcopy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deepcopy(v) for v in data]
-    return data
-
-
 # ----------------------------------------------------------------------------- validation
 
 
-def _did_you_mean(key: str, known: Sequence[str]) -> str:
+def did_you_mean(key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _choice_error(key: str, value: Any, allowed: Sequence[str]) -> ConfigError:
-    hint = _did_you_mean(value, list(allowed)) if isinstance(value, str) else ""
+    hint = did_you_mean(value, list(allowed)) if isinstance(value, str) else ""
     return ConfigError(key, f"{value!r} is not one of {', '.join(allowed)}{hint}")
 
 
-def _check_value(key: str, value: Any, hint: Any) -> None:
+def check_value(key: str, value: Any, hint: Any) -> None:
     """``value`` fits ``hint``; a `Literal` names its accepted values (and the nearest one)."""
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
@@ -350,20 +219,11 @@ def _check_value(key: str, value: Any, hint: Any) -> None:
         raise ConfigError(key, f"expected {type_name(hint)}, got {type(value).__name__} {value!r}")
 
 
-def _check_fields(cls: type, values: Mapping[str, Any], prefix: str, extra: Sequence[str] = ()) -> None:
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"{prefix}{key}", f"unknown key{_did_you_mean(key, [*known, *extra])}")
-        _check_value(f"{prefix}{key}", value, hints[key])
-
-
 def _check_types(args: PRPOConfig) -> None:
     """The fields PRPOConfig declares have their annotated types (TRL does not check its own)."""
     hints = typing.get_type_hints(PRPOConfig)
     for key in PRPOConfig.__annotations__:
-        _check_value(key, getattr(args, key), hints[key])
+        check_value(key, getattr(args, key), hints[key])
 
 
 def _check_registered(args: PRPOConfig) -> None:
@@ -529,9 +389,9 @@ def _check_filter(args: PRPOConfig) -> None:
         if key == "type":
             continue
         if key not in takes:
-            raise ConfigError(f"filter.{key}", f"unknown option{_did_you_mean(key, list(takes))}; filter {name!r} "
+            raise ConfigError(f"filter.{key}", f"unknown option{did_you_mean(key, list(takes))}; filter {name!r} "
                               f"takes: {', '.join(takes) or 'none'}")
-        _check_value(f"filter.{key}", value, hints[key])
+        check_value(f"filter.{key}", value, hints[key])
     keep = args.filter.get("keep")
     if keep is not None and not 1 <= keep <= args.num_generations:
         raise ConfigError("filter.keep", f"must be between 1 and num_generations={args.num_generations} rollouts "
@@ -547,53 +407,6 @@ COMBINATION_CHECKS: list[Callable[[PRPOConfig], None]] = [
 ]
 
 
-def _required(cls: type) -> list[str]:
-    missing = dataclasses.MISSING
-    return [f.name for f in dataclasses.fields(cls) if f.default is missing and f.default_factory is missing]
-
-
-def _build_section(name: str, cls: type, values: Any) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(name, f"expected a mapping, got {type(values).__name__}")
-    _check_fields(cls, values, f"{name}.")
-    for key in _required(cls):
-        if key not in values:
-            raise ConfigError(f"{name}.{key}", "is required")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(name, str(err)) from err
-
-
-def build_config(data: Mapping[str, Any]) -> RunConfig:
-    """Validate a config mapping into a `RunConfig`; raises `ConfigError` naming the bad key.
-
-    Here: the sections, unknown top-level keys, the types of TRL's keys, and what only a YAML run
-    needs (a PRM spec for a method that uses one: no PRM object can be passed). `PRPOConfig` checks
-    the rest itself.
-    """
-    source = _deepcopy(dict(data))
-    data = dict(data)
-    sections = {name: data.pop(name) for name in list(SECTIONS) if name in data}
-    for name in ("model", "task"):
-        if sections.get(name) is None:
-            raise ConfigError(name, "section is required")
-    model = _build_section("model", ModelConfig, sections["model"])
-    if not model.model_name_or_path:
-        raise ConfigError("model.model_name_or_path", "is required")
-    task = _build_section("task", TaskConfig, sections["task"])
-    eval_values = sections.get("eval_task")
-    eval_task = None if eval_values is None else _build_section("eval_task", TaskConfig, eval_values)
-    _check_fields(PRPOConfig, data, "", extra=list(SECTIONS))
-    training = PRPOConfig(**data)
-    if training.uses_prm() and training.prm is None:
-        raise ConfigError("prm", f"method {training.method!r} scores segments with a PRM: set prm (e.g. {{type: arithmetic}})")
-    if training.reward_range is not None:
-        raise ConfigError("reward_range", f"{training.reward_range} maps the sum of reward_funcs, but a YAML run grades "
-                          "with the task's grader, whose R is already correct_reward / wrong_reward: remove it")
-    return RunConfig(model=model, task=task, training=training, eval_task=eval_task, source=source)
-
-
 def _key_named_in(message: str) -> str:
     """The config key a TRL/transformers error message names first (they name fields in their text)."""
     found = []
@@ -602,38 +415,3 @@ def _key_named_in(message: str) -> str:
         if match:
             found.append((match.start(), -len(f.name), f.name))
     return min(found)[2] if found else ""
-
-
-
-# ----------------------------------------------------------------------------- load and save
-
-
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read, override and validate a YAML run config."""
-    data = read_yaml(path) if path is not None else {}
-    return build_config(apply_overrides(data, overrides))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _declared(obj: Any, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Every init field of a dataclass: the given value, else the declared default (before `__post_init__`)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        if not f.init:
-            continue
-        if f.name in given:
-            out[f.name] = _plain(given[f.name])
-        elif f.default is not dataclasses.MISSING:
-            out[f.name] = _plain(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = _plain(f.default_factory())
-    return out

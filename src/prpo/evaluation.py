@@ -294,29 +294,15 @@ def summarise(examples: Sequence[Example], records: Sequence[dict[str, Any]], sa
     return summary
 
 
-def evaluate_model(
-    model,
-    tokenizer,
-    task: Task,
-    *,
-    samples: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 1024,
-    batch_size: int = 16,
-    limit: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> EvalResult:
-    """`evaluate` with HF generation on an in-memory model; its train/eval mode is restored afterwards."""
+def evaluate_model(model, tokenizer, task: Task, *, batch_size: int = 16, progress: bool = True,
+                   **settings: Any) -> EvalResult:
+    """`evaluate` (``settings``: its keyword arguments) with HF generation on an in-memory model, ``batch_size``
+    sequences at a time; the model's train/eval mode is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
         generator = HFGenerator(model, tokenizer, batch_size=batch_size, progress=progress)
         name = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
-        return evaluate(
-            generator, task, samples=samples, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, limit=limit, seed=seed, model_name=str(name),
-        )
+        return evaluate(generator, task, model_name=str(name), **settings)
     finally:
         model.train(was_training)

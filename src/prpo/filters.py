@@ -1,14 +1,15 @@
 """Rollout filters: a stage between PRM scoring and the advantages that keeps some rollouts of each group.
 
-A filter maps the outcomes ``correct[B]``, prompt ids ``group_ids[B]``, the response mask ``M[B, T]``
-and, for PRM filters, token scores ``P[B, T]`` and segment ids ``S[B, T]`` to ``keep[B]``. The
+A filter maps the batch the advantage method sees (`AdvantageInputs`), with the outcomes ``o[B]``
+(1 correct, 0 wrong) in place of the rewards, to ``keep[B]``: prompt ids ``group_ids[B]``, the
+response mask ``M[B, T]`` and, for PRM filters, token scores ``P[B, T]`` and segment ids ``S[B, T]``. The
 advantage method then runs on the kept rollouts only; the dropped ones get advantage 0 and leave
 the loss (the trainer masks them). Filters live in a registry, like the advantage methods:
 
     @register_filter("my_filter", uses_prm=False)
-    def my_filter(inputs: FilterInputs, *, keep: int | None = None) -> FilterResult: ...
+    def my_filter(inputs: AdvantageInputs, *, keep: int | None = None) -> FilterResult: ...
 
-    apply_filter("consistency", correct=c, group_ids=g, mask=M, token_scores=P, segment_ids=S, keep=4)
+    apply_filter("consistency", AdvantageInputs(o, group_ids, M, P, S), keep=4)
 """
 
 from __future__ import annotations
@@ -19,19 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prpo.advantages import AdvantageInputs, compute_advantages, group_index, validate_inputs
+from prpo.advantages import AdvantageInputs, AdvantageResult, group_index, run_advantages, validate_inputs
 from prpo.registry import Registry, keyword_options
-
-
-@dataclass(frozen=True)
-class FilterInputs:
-    """Validated inputs of one batch: correct[B] (bool), group ids[B], mask[B, T] (bool), P[B, T], S[B, T]."""
-
-    correct: Tensor
-    group_ids: Tensor
-    mask: Tensor
-    token_scores: Tensor | None = None
-    segment_ids: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +66,7 @@ FILTERS: Registry[RolloutFilter] = Registry("filter")
 
 
 def register_filter(name: str, *, uses_prm: bool) -> Callable[[Callable[..., FilterResult]], Callable[..., FilterResult]]:
-    """Register ``fn(inputs: FilterInputs, *, **options) -> FilterResult`` under ``name``."""
+    """Register ``fn(inputs: AdvantageInputs, *, **options) -> FilterResult`` under ``name`` (outcomes as the rewards)."""
 
     def decorator(fn: Callable[..., FilterResult]) -> Callable[..., FilterResult]:
         FILTERS.add(RolloutFilter(name, fn, uses_prm))
@@ -132,7 +122,7 @@ def lowest_in_block(values: Tensor, block: Tensor, quota: Tensor) -> Tensor:
 
 @register_filter("consistency", uses_prm=True)
 def consistency(
-    inputs: FilterInputs,
+    inputs: AdvantageInputs,
     *,
     keep: int | None = None,
     step_penalty: float = 0.0,
@@ -161,63 +151,41 @@ def consistency(
     if (steps == 0).any():
         raise ValueError(f"filter 'consistency': response {int((steps == 0).nonzero()[0])} has no valid tokens")
     process = total / steps
-    sign = torch.where(inputs.correct, 1.0, -1.0).double()
+    correct = inputs.outcome_rewards.bool()
+    sign = torch.where(correct, 1.0, -1.0).double()
     score = (2 * process - 1) * sign
     score = score - step_penalty * ((steps < min_steps) | (steps > max_steps)).double()
 
     index, n_groups = group_index(inputs.group_ids)
     size = torch.bincount(index, minlength=n_groups)
-    n_correct = torch.bincount(index, weights=inputs.correct.double(), minlength=n_groups)
+    n_correct = torch.bincount(index, weights=correct.double(), minlength=n_groups)
     kept = (size // 2).clamp(min=1) if keep is None else torch.full_like(size, keep).clamp(max=size)
     from_correct, from_wrong = removal_counts(n_correct, size.double() - n_correct, (size - kept).double())
     quota = torch.stack([from_wrong, from_correct], dim=1).flatten().long()  # block 2g: wrong, 2g + 1: correct
-    dropped = lowest_in_block(score, 2 * index + inputs.correct.long(), quota)
+    dropped = lowest_in_block(score, 2 * index + correct.long(), quota)
     return FilterResult(~dropped, {"consistency": score.float(), "process_score": process.float()})
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
-def advantages_on_kept(
-    method: str,
-    keep: Tensor,
-    *,
-    outcome_rewards: Tensor,
-    group_ids: Tensor,
-    mask: Tensor,
-    token_scores: Tensor | None = None,
-    segment_ids: Tensor | None = None,
-    **options: object,
-) -> Tensor:
-    """``A[B, T]`` of ``method`` run on the kept rows only (its group statistics too); 0 on the dropped rows."""
-    rows = slice(None) if keep.all() else keep  # a slice views the inputs; a boolean mask copies every [B, T] one
-
-    def take(tensor: Tensor | None) -> Tensor | None:
-        return None if tensor is None else tensor[rows]
-
-    kept = compute_advantages(
-        method, outcome_rewards=outcome_rewards[rows], group_ids=group_ids[rows], mask=mask[rows],
-        token_scores=take(token_scores), segment_ids=take(segment_ids), **options,
-    )
-    if isinstance(rows, slice):
-        return kept
-    advantages = torch.zeros(mask.shape, device=mask.device)
-    advantages[rows] = kept
-    return advantages
+def advantages_on_kept(method: str, keep: Tensor, inputs: AdvantageInputs, **options: object) -> AdvantageResult:
+    """``method`` run on the kept rows only (its group statistics and diagnostics too); ``A = 0`` on the dropped rows."""
+    if keep.all():  # the inputs as they are: no boolean-index copy of every [B, T] tensor
+        return run_advantages(method, inputs, **options)
+    kept = run_advantages(method, inputs.rows(keep), **options)
+    advantages = torch.zeros(inputs.mask.shape, device=inputs.mask.device)
+    advantages[keep] = kept.advantages
+    return AdvantageResult(advantages, kept.metrics)
 
 
-def apply_filter(
-    name: str,
-    *,
-    correct: Tensor,
-    group_ids: Tensor,
-    mask: Tensor,
-    token_scores: Tensor | None = None,
-    segment_ids: Tensor | None = None,
-    **options: object,
-) -> FilterResult:
-    """``keep[B]`` of the registered filter ``name`` and its diagnostics."""
+def apply_filter(name: str, inputs: AdvantageInputs, **options: object) -> FilterResult:
+    """``keep[B]`` of the registered filter ``name`` and its diagnostics; ``inputs.outcome_rewards`` are the
+    outcomes ``o`` (1 correct, 0 wrong)."""
     FILTERS.check_options(name, options)
-    validate_inputs(AdvantageInputs(correct.float(), group_ids, mask.bool(), token_scores, segment_ids))  # R := o
-    inputs = FilterInputs(correct.bool(), group_ids, mask.bool(), token_scores, segment_ids)
+    validate_inputs(inputs)
+    outcomes = inputs.outcome_rewards
+    if not ((outcomes == 0) | (outcomes == 1)).all():
+        raise ValueError(f"filter {name!r} takes the outcomes o (1 correct, 0 wrong) as outcome_rewards, got "
+                         f"{sorted(set(outcomes.tolist()))[:5]}")
     return FILTERS[name].fn(inputs, **options)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
 
 from tqdm.auto import tqdm
 
@@ -35,7 +35,35 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (hit max_new_tokens)
 
 
-class Generator(Protocol):
+@dataclass(frozen=True)
+class Sampling:
+    """How to decode: ``samples`` responses per prompt, each at most ``max_new_tokens``; greedy at temperature 0.
+
+    Checked on construction: a bad value is an error naming it.
+    """
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    samples: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got temperature={self.temperature}, "
+                             f"top_p={self.top_p}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be at least 1, got {self.samples}")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"{self.samples} samples per prompt with greedy decoding would be {self.samples} copies; "
+                             "set a temperature > 0")
+
+
+class Generator(ABC):
+    """Batched generation behind one interface; a backend implements `sample`."""
+
     tokenizer: object
 
     def generate(
@@ -48,8 +76,12 @@ class Generator(Protocol):
         samples: int = 1,
         seed: int = 0,
     ) -> list[list[Completion]]:
-        """`samples` completions per prompt, in prompt order."""
-        ...
+        """`samples` completions per prompt, in prompt order (see `Sampling`)."""
+        return self.sample(prompts, Sampling(max_new_tokens, temperature, top_p, samples, seed))
+
+    @abstractmethod
+    def sample(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[list[Completion]]:
+        """`generate` with its settings checked."""
 
 
 def render_prompt(tokenizer, prompt: Prompt) -> tuple[str, list[int]]:
@@ -81,23 +113,12 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     return sorted({i for i in ids if i is not None})
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_p: float, samples: int) -> None:
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got temperature={temperature}, top_p={top_p}")
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    if samples > 1 and temperature == 0:
-        raise ValueError(f"{samples} samples per prompt with greedy decoding would be {samples} copies; set a temperature > 0")
-
-
 def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = min((index for s in stop if (index := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-class HFGenerator:
+class HFGenerator(Generator):
     """`model.generate` over batches of `batch_size` sequences, left-padded, longest prompts first."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 16, stop: Sequence[str] = (), progress: bool = True):
@@ -111,33 +132,25 @@ class HFGenerator:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
 
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        samples: int = 1,
-        seed: int = 0,
-    ) -> list[list[Completion]]:
+    def sample(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[list[Completion]]:
         import torch
 
-        check_sampling(max_new_tokens, temperature, top_p, samples)
+        max_new_tokens, temperature, samples = sampling.max_new_tokens, sampling.temperature, sampling.samples
         encoded = [render_prompt(self.tokenizer, prompt)[1] for prompt in prompts]
         jobs = sorted(((i, j) for i in range(len(prompts)) for j in range(samples)), key=lambda job: -len(encoded[job[0]]))
         # exactly the decoding asked for: no top-k or repetition penalty from the model's generation config
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
-        sampling["repetition_penalty"] = 1.0
+        decoding = (dict(do_sample=True, temperature=temperature, top_p=sampling.top_p, top_k=0) if temperature > 0
+                    else dict(do_sample=False))
+        decoding["repetition_penalty"] = 1.0
         if self.stop:
-            sampling.update(stop_strings=list(self.stop), tokenizer=self.tokenizer)
+            decoding.update(stop_strings=list(self.stop), tokenizer=self.tokenizer)
         results: list[list[Completion | None]] = [[None] * samples for _ in prompts]
         device = self.model.device
         # Sampling draws from a forked RNG seeded with `seed`: the global stream (the one training
         # draws its rollouts from) is restored afterwards, so an evaluation never changes a run.
         cuda_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
-            torch.manual_seed(seed)
+            torch.manual_seed(sampling.seed)
             starts = range(0, len(jobs), self.batch_size)
             for start in tqdm(starts, desc="generating", unit="batch", disable=not self.progress or not jobs):
                 batch = jobs[start : start + self.batch_size]
@@ -153,7 +166,7 @@ class HFGenerator:
                         eos_token_id=self.eos_ids,
                         pad_token_id=self.pad_id,
                         use_cache=True,
-                        **sampling,
+                        **decoding,
                     )
                 for (i, j), new in zip(batch, output[:, width:].tolist()):
                     results[i][j] = self._completion(new, max_new_tokens)
@@ -169,7 +182,7 @@ class HFGenerator:
         return Completion(text=text, num_tokens=len(tokens), finish_reason="length" if truncated else "stop")
 
 
-class VLLMGenerator:
+class VLLMGenerator(Generator):
     """vLLM's offline engine (continuous batching on a GPU); same interface as HFGenerator."""
 
     def __init__(self, model_path: str, *, dtype: str = "auto", stop: Sequence[str] = (), seed: int = 0, **engine_options):
@@ -180,27 +193,17 @@ class VLLMGenerator:
         self.stop = tuple(stop)
         self.eos_ids = stop_token_ids(self.tokenizer)  # vLLM adds the generation config's own EOS
 
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        samples: int = 1,
-        seed: int = 0,
-    ) -> list[list[Completion]]:
+    def sample(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        check_sampling(max_new_tokens, temperature, top_p, samples)
         params = SamplingParams(
-            n=samples,
-            temperature=temperature,
-            top_p=top_p if temperature > 0 else 1.0,
-            max_tokens=max_new_tokens,
+            n=sampling.samples,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+            max_tokens=sampling.max_new_tokens,
             stop=list(self.stop) or None,
             stop_token_ids=self.eos_ids,
-            seed=seed,
+            seed=sampling.seed,
         )
         requests = [{"prompt_token_ids": render_prompt(self.tokenizer, prompt)[1]} for prompt in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=True)

@@ -11,8 +11,11 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 
+from prpo.advantages import CORRECT_REWARD, MU0, SIGMA0, WRONG_REWARD
+from prpo.segmentation import K, MIN_GAP
 
-def entropy_segments_row(entropy: Sequence[float], length: int, k: int = 5, min_gap: int = 10) -> list[int]:
+
+def entropy_segments_row(entropy: Sequence[float], length: int, k: int = K, min_gap: int = MIN_GAP) -> list[int]:
     """Segment ids of one response of ``length`` valid tokens (ALGORITHM.md s.2, steps 1-4)."""
     candidates = list(range(min_gap, length - min_gap + 1))
     accepted: list[int] = []
@@ -41,8 +44,8 @@ def prpo_advantages_rows(
     groups: Sequence[int],
     segment_scores: Sequence[Sequence[float]],
     segment_ids: Sequence[Sequence[int]],
-    mu0: float = 0.5,
-    sigma0: float = math.sqrt(1 / 24),
+    mu0: float = MU0,
+    sigma0: float = SIGMA0,
 ) -> list[list[float]]:
     """PRPO with the fixed prior: ``A[i, t] = (s[i, S[i, t]] - mu0) / sigma0 + R_i - mean_g R``, per row."""
     members: dict[int, list[float]] = defaultdict(list)
@@ -62,8 +65,8 @@ def pure_advantages_rows(
     segment_ids: Sequence[Sequence[int]],
     tau: float = 0.1,
     outcome_coef: float = 1.0,
-    correct_reward: float = 1.0,
-    wrong_reward: float = -1.0,
+    correct_reward: float = CORRECT_REWARD,
+    wrong_reward: float = WRONG_REWARD,
     separator_ends: bool = False,
 ) -> list[list[float]]:
     """PURE (arXiv 2504.15275) with the token baseline, per row: ALGORITHM.md s.4 line by line.

@@ -1,7 +1,7 @@
 """A run's report: training curves as PNG and one self-contained HTML page of PRPO's credit assignment.
 
-Reads only the run directory (`metrics.jsonl`, `samples.jsonl`, and `eval_before_after.json` when the
-quickstart wrote one), so `prpo report RUN_DIR` rebuilds it at any time.
+Reads only the run directory (`metrics.jsonl`, `samples.jsonl`, and `eval_before_after.json` when
+`prpo train` wrote one), so `prpo report RUN_DIR` rebuilds it at any time.
 """
 
 from __future__ import annotations
@@ -89,16 +89,21 @@ def sample_html(sample: dict[str, Any]) -> str:
     )
 
 
+def accuracy_rows(data: dict[str, Any]) -> tuple[list[tuple[str, float, float, float, str]], float]:
+    """From `eval_before_after.json`: ``(phase, accuracy, interval low, interval high, "correct/problems")`` before
+    and after (percentages), and the change in points."""
+    rows = [(phase, 100 * data[phase]["accuracy"], 100 * data[phase]["accuracy_ci95"][0],
+             100 * data[phase]["accuracy_ci95"][1], f"{data[phase]['correct']}/{data[phase]['num_problems']}")
+            for phase in ("before", "after")]
+    return rows, rows[1][1] - rows[0][1]
+
+
 def before_after_html(data: dict[str, Any]) -> str:
-    """The quickstart's held-out accuracy before and after training, with 95% intervals, and the
+    """A `prpo train` run's held-out accuracy before and after training, with 95% intervals, and the
     exact one-sided McNemar test of the change (`prpo.evaluation.mcnemar_improvement`) when recorded."""
-    rows = []
-    for name in ("before", "after"):
-        entry = data[name]
-        low, high = entry["accuracy_ci95"]
-        rows.append(f"<tr><td>{name}</td><td>{100 * entry['accuracy']:.1f}%</td>"
-                    f"<td>{100 * low:.1f}–{100 * high:.1f}%</td><td>{entry['correct']}/{entry['num_problems']}</td></tr>")
-    change = 100 * (data["after"]["accuracy"] - data["before"]["accuracy"])
+    phases, change = accuracy_rows(data)
+    rows = [f"<tr><td>{name}</td><td>{accuracy:.1f}%</td><td>{low:.1f}–{high:.1f}%</td><td>{counts}</td></tr>"
+            for name, accuracy, low, high, counts in phases]
     rows.append(f"<tr><td>change</td><td>{change:+.1f} points</td><td></td><td></td></tr>")
     test = data.get("mcnemar")
     verdict = "" if test is None else (

@@ -17,6 +17,11 @@ from torch import Tensor
 from prpo.registry import Registry, keyword_options
 
 
+# Segmenter defaults (ALGORITHM.md s.2), written once here: the registry's options and the config read them.
+K = 5  # entropy segmenter: at most k spikes
+MIN_GAP = 10  # entropy segmenter: spikes at least min_gap tokens apart (and from the ends)
+MARKER = "\n\n"  # marker segmenter: a new step after each marker
+SEGMENT_LENGTH = 64  # fixed segmenter: tokens per segment
 ENTROPY_BLOCK_ELEMENTS = 1 << 24  # float32 elements of one vocabulary block (64 MiB)
 GATHER_BLOCK_ELEMENTS = 1 << 17  # int64 index elements per block of `scores_to_tokens` (1 MiB)
 
@@ -82,7 +87,7 @@ def _ids_from_boundaries(boundaries: Tensor, mask: Tensor) -> Tensor:
     return ids.masked_fill_(~mask.bool(), -1)
 
 
-def entropy_segments(entropy: Tensor, mask: Tensor, k: int = 5, min_gap: int = 10) -> Tensor:
+def entropy_segments(entropy: Tensor, mask: Tensor, k: int = K, min_gap: int = MIN_GAP) -> Tensor:
     """Cut each response at up to ``k`` entropy spikes at least ``min_gap`` apart (ALGORITHM.md s.2).
 
     Candidates are ``m <= t <= L_i - m``; they are accepted greedily by decreasing entropy (ties to
@@ -167,7 +172,7 @@ def marker_segments(
     offsets: Sequence[Sequence[tuple[int, int]]],
     texts: Sequence[str],
     mask: Tensor,
-    marker: str = "\n\n",
+    marker: str = MARKER,
 ) -> Tensor:
     """Segments that start after each step ``marker`` in the decoded text.
 
@@ -323,19 +328,19 @@ def _required(value, what: str, name: str):
 
 
 @register_segmenter("entropy", needs_entropy=True)
-def _entropy(inputs: SegmentInputs, *, k: int = 5, min_gap: int = 10) -> Tensor:
+def _entropy(inputs: SegmentInputs, *, k: int = K, min_gap: int = MIN_GAP) -> Tensor:
     """`entropy_segments`: up to ``k`` entropy spikes at least ``min_gap`` tokens apart start new segments."""
     return entropy_segments(_required(inputs.entropy, "the sampling entropy", "entropy"), inputs.mask, k=k, min_gap=min_gap)
 
 
 @register_segmenter("marker", needs_text=True, separator_ends=True)
-def _marker(inputs: SegmentInputs, *, marker: str = "\n\n") -> Tensor:
+def _marker(inputs: SegmentInputs, *, marker: str = MARKER) -> Tensor:
     """`marker_segments`: a new segment after each ``marker`` in the decoded text."""
     texts, offsets = token_offsets(_required(inputs.token_texts, "the per-token texts", "marker"))
     return marker_segments(offsets, texts, inputs.mask, marker=marker)
 
 
 @register_segmenter("fixed")
-def _fixed(inputs: SegmentInputs, *, segment_length: int = 64) -> Tensor:
+def _fixed(inputs: SegmentInputs, *, segment_length: int = SEGMENT_LENGTH) -> Tensor:
     """`fixed_segments`: segments of ``segment_length`` tokens."""
     return fixed_segments(inputs.mask, segment_length)

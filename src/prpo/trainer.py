@@ -1,7 +1,7 @@
 """`PRPOTrainer`: TRL's `GRPOTrainer` with token-level advantages from entropy segments and a PRM.
 
 One step (ALGORITHM.md): generate G responses per prompt (TRL), grade each against its own gold
-answer (`OutcomeReward`, a TRL reward function), take the sampling policy's per-token entropy,
+answer (`prpo.rewards.OutcomeReward`, a TRL reward function), take the sampling policy's per-token entropy,
 segment, score the segments with the PRM, compute ``A[B, T]`` with the configured method of
 `prpo.advantages`, and hand it to TRL's loss, which takes (B, T) advantages as they are. Rollouts,
 loss, KL and optimiser are TRL's for every method, so methods differ only in their advantages.
@@ -12,8 +12,12 @@ Where the entropy comes from (no extra forward pass where the engine allows it):
 - vLLM with importance-sampling correction, or off-policy steps (``num_iterations > 1``): TRL
   already runs the old-policy log-prob pass; it is asked for entropies too (the fused LM head
   computes them at the rollout temperature in the same tiles).
-- otherwise (vLLM without correction, continuous batching): one extra no-grad forward pass over
-  prompt + response, about a third of the cost of the training forward + backward.
+- otherwise (vLLM without correction, continuous batching; or ``mask_truncated_completions``, whose
+  old-policy pass cannot see truncated completions): one extra no-grad forward pass over prompt +
+  response, about a third of the cost of the training forward + backward.
+
+The source is chosen once, in ``__init__``; what one rollout's stages hand each other (lengths,
+entropies, timings) travels in a `Rollout` made when TRL starts that rollout.
 
 Groups are whole across processes: R, masks, token scores and segment ids are gathered, the
 advantages are computed on the global batch with groups taken from each sample's prompt id,
@@ -24,28 +28,27 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import trl
 from accelerate.utils import gather_object
-from datasets import Dataset
 from packaging.version import Version
 from torch import Tensor
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from prpo.advantages import outcome_location, outcome_rewards, process_advantage
+from prpo.advantages import AdvantageInputs, AdvantageResult
 from prpo.config import PRPOConfig
 from prpo.filters import advantages_on_kept, apply_filter
 from prpo.metrics import RunFiles
+from prpo.rewards import OutcomeReward, outcome_reward_range
 from prpo.segmentation import (
     SegmentInputs,
     get_segmenter,
@@ -54,132 +57,10 @@ from prpo.segmentation import (
     segment_spans,
     token_entropy,
 )
+from prpo.tasks.rows import check_dataset, row_problem, row_prompt_id
 
 logger = logging.getLogger(__name__)
 TRL_VERSION = "1.16.0"
-
-
-def completion_text(completion: str | list[dict[str, Any]]) -> str:
-    """The text of a TRL completion: a string, or a conversational ``[{"role": "assistant", "content": ...}]``."""
-    if isinstance(completion, str):
-        return completion
-    return "".join(message["content"] for message in completion if message.get("role") == "assistant")
-
-
-def prompt_key(prompt: str | list[dict[str, Any]]) -> str:
-    """Group id of a prompt without a ``prompt_id``: the first 16 hex digits of sha256 of its canonical JSON.
-
-    Equal prompts get one id (one group); the id is the same in every process, run and resume
-    (Python's `hash` of a string is salted per process).
-    """
-    text = json.dumps(prompt, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def row_prompt_id(row: Mapping[str, Any]) -> Hashable:
-    """The row's ``prompt_id``, else `prompt_key` of its prompt."""
-    return row["prompt_id"] if "prompt_id" in row else prompt_key(row["prompt"])
-
-
-def row_problem(row: Mapping[str, Any]) -> str:
-    """The text the PRM is shown: the row's ``problem``, else the prompt's last user message (a text prompt as is)."""
-    if "problem" in row:
-        return row["problem"]
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        return prompt
-    users = [message["content"] for message in prompt if message.get("role") == "user"]
-    if not users:
-        return ""
-    content = users[-1]
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text") or "" for part in content if part.get("type") == "text")  # multimodal parts
-
-
-class OutcomeReward:
-    """The outcome reward ``R_i`` of this process's rows of the last rollout, and the response texts.
-
-    ``R_i = sum_k w_k r_ik`` over TRL's reward functions and ``reward_weights`` (`combine`; a None
-    reward is skipped; all None: NaN, the response is unscorable), mapped from ``reward_range =
-    [lo, hi]`` onto ``[wrong_reward, correct_reward]`` when set: ``wrong + (R - lo) (correct - wrong)
-    / (hi - lo)``. Called itself, it is the default reward function: it grades response i against
-    the gold ``answer`` of its own row, ``r_i = correct_reward`` or ``wrong_reward``, minus
-    ``L_i / overlong_len`` when ``L_i > overlong_len / 2``, and keeps the verdicts in ``correct``.
-    """
-
-    __name__ = "outcome"
-
-    def __init__(self, grade_many: Callable[[list[str], list[str]], list[bool]] | None, args: PRPOConfig,
-                 reward_range: Sequence[float] | None = None):
-        self.grade_many = grade_many
-        self.correct_reward, self.wrong_reward, self.overlong_len = args.correct_reward, args.wrong_reward, args.overlong_len
-        self.reward_range = reward_range
-        self.texts: list[str] = []
-        self.correct: list[bool] = []
-        self.rewards: list[float] = []
-
-    def __call__(self, prompts, completions, completion_ids, answer, **kwargs) -> list[float]:
-        texts = [completion_text(c) for c in completions]
-        self.correct = [bool(c) for c in self.grade_many(texts, list(answer))]
-        if len(self.correct) != len(texts):
-            raise ValueError(f"grader returned {len(self.correct)} verdicts for {len(texts)} responses")
-        lengths = torch.tensor([len(ids) for ids in completion_ids])
-        return outcome_rewards(
-            torch.tensor(self.correct), lengths,
-            correct_reward=self.correct_reward, wrong_reward=self.wrong_reward, overlong_len=self.overlong_len,
-        ).tolist()
-
-    def combine(self, completions: list, rewards_per_func: Tensor, weights: Tensor) -> None:
-        """Set ``texts`` and ``rewards`` from TRL's per-function rewards ``r[B, K]`` of this process's rows."""
-        self.texts = [completion_text(c) for c in completions]
-        rewards = (rewards_per_func * weights).nansum(dim=1)
-        rewards[rewards_per_func.isnan().all(dim=1)] = math.nan
-        if self.reward_range is not None:
-            low, high = self.reward_range
-            rewards = self.wrong_reward + (rewards - low) * (self.correct_reward - self.wrong_reward) / (high - low)
-        self.rewards = rewards.tolist()
-
-
-def declared_reward_range(reward_funcs: Sequence[Any], weights: Sequence[float] | None) -> tuple[float, float] | None:
-    """``[low, high]`` of ``R = sum_k w_k r_k`` when every reward function declares ``reward_range = (lo, hi)``, else None.
-
-    A function declares its range as an attribute (``accuracy.reward_range = (0.0, 1.0)``); a
-    negative weight swaps its bounds.
-    """
-    ranges = [getattr(func, "reward_range", None) for func in reward_funcs]
-    if any(r is None for r in ranges):
-        return None
-    weights = [1.0] * len(ranges) if weights is None else list(weights)
-    low = sum(w * (lo if w >= 0 else hi) for w, (lo, hi) in zip(weights, ranges, strict=True))
-    high = sum(w * (hi if w >= 0 else lo) for w, (lo, hi) in zip(weights, ranges, strict=True))
-    return float(low), float(high)
-
-
-def outcome_reward_range(reward_funcs: Any, args: PRPOConfig) -> tuple[float, float] | None:
-    """The range `OutcomeReward` maps onto ``[wrong_reward, correct_reward]``: ``args.reward_range``, else the declared one.
-
-    Refused with the built-in grader (its R is already in those units); without either range, R keeps
-    the reward functions' units and a warning says what that does to beta.
-    """
-    if not reward_funcs:
-        if args.reward_range is not None:
-            raise ValueError(f"reward_range={args.reward_range} maps the weighted sum of reward_funcs onto [wrong_reward, "
-                             "correct_reward]; without reward_funcs the built-in grader's R is already correct_reward / "
-                             "wrong_reward and would be mapped twice: remove reward_range")
-        return None
-    if args.reward_range is not None:
-        return tuple(args.reward_range)
-    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-    declared = declared_reward_range(funcs, args.reward_weights)
-    if declared is None:
-        logger.warning(
-            "reward_funcs without reward_range: R = sum_k w_k r_k is used in the reward functions' units, so PRPO's "
-            "outcome location beta = R - mean_g R is not in the paper's +-1 units beside the PRM's Z (0/1 rewards halve "
-            "it); set reward_range: [low, high] of R (e.g. [0, 1]), or give each reward function a reward_range "
-            "attribute"
-        )
-    return declared
 
 
 class GenerationEntropy:
@@ -203,52 +84,24 @@ class GenerationEntropy:
         return table[:, :width]
 
 
-def check_dataset(dataset, tokenizer, max_prompt_length: int | None, *, needs_answer: bool = True) -> None:
-    """Every row has a prompt and a problem text, and a gold ``answer`` when ``needs_answer`` (the default grader).
+@dataclass
+class Rollout:
+    """What the stages of one rollout hand each other: made when TRL starts the rollout, read until its
+    advantages are computed (and its wall time by `training_step`)."""
 
-    ``prompt_id`` and ``problem`` may be absent (`row_prompt_id`, `row_problem` derive them); a
-    prompt id shared by different problems would merge groups and is refused, and every prompt
-    fits ``max_prompt_length``. A dict of datasets (TRL's eval sets) is checked set by set; a
-    streamed dataset is not read here.
-    """
-    if isinstance(dataset, Mapping):
-        for part in dataset.values():
-            check_dataset(part, tokenizer, max_prompt_length, needs_answer=needs_answer)
-        return
-    if not isinstance(dataset, Dataset):
-        return
-    columns = dataset.column_names
-    if "prompt" not in columns:
-        raise ValueError(f"dataset lacks the 'prompt' column (text or conversational, as for GRPOTrainer); has {columns}")
-    if needs_answer and "answer" not in columns:
-        raise ValueError(f"dataset lacks the 'answer' column (has {columns}): the default grader checks each response "
-                         "against it; add it, or pass reward_funcs (e.g. trl.rewards.accuracy_reward reads 'solution')")
-    problems: dict[Any, str] = {}
-    for index, row in enumerate(dataset):
-        if "prompt_id" in row and row["prompt_id"] is None:
-            raise ValueError(f"dataset row {index}: prompt_id is missing")
-        prompt_id = row_prompt_id(row)
-        where = f"dataset row {index} (prompt_id {prompt_id!r})"
-        if not row["prompt"]:
-            raise ValueError(f"{where}: prompt is empty")
-        problem = row_problem(row)
-        if not isinstance(problem, str) or not problem.strip():
-            source = "problem" if "problem" in row else "the prompt's last user message (no 'problem' column)"
-            raise ValueError(f"{where}: {source} must be a non-empty string, got {problem!r}")
-        if needs_answer and (not isinstance(row["answer"], str) or not row["answer"].strip()):
-            raise ValueError(f"{where}: answer must be a non-empty string, got {row['answer']!r}")
-        if problems.setdefault(prompt_id, problem) != problem:
-            raise ValueError(f"{where}: prompt_id is shared with a different problem; groups would merge")
-        if max_prompt_length is not None:
-            length = _prompt_length(tokenizer, row["prompt"])
-            if length > max_prompt_length:
-                raise ValueError(f"{where}: prompt is {length} tokens, more than max_prompt_length={max_prompt_length}")
+    capture_old_pass: bool = False  # TRL's next old-policy pass over the policy also returns entropies
+    lengths: list[int] = field(default_factory=list)  # valid response tokens of each row (EOS included)
+    recorder: GenerationEntropy | None = None  # entropies kept while sampling
+    old_pass_entropy: Tensor | None = None
+    entropy_sums: Tensor | None = None  # [sum of H over valid tokens, their count], for the log
+    times: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    seconds: float = 0.0  # wall time of the whole rollout
 
-
-def _prompt_length(tokenizer, prompt: str | list[dict[str, str]]) -> int:
-    if isinstance(prompt, str):
-        return len(tokenizer(prompt)["input_ids"])
-    return len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.times[name] += time.perf_counter() - start
 
 
 class PRPOTrainer(GRPOTrainer):
@@ -349,7 +202,8 @@ class PRPOTrainer(GRPOTrainer):
             prm = as_prm(prm)
         self.prm = prm if self.uses_prm else None
         self.advantage_kwargs = args.advantage_kwargs()
-        self.outcome_reward = OutcomeReward(None if reward_funcs else grader, args, outcome_reward_range(reward_funcs, args))
+        reward_range = outcome_reward_range(reward_funcs, args)
+        self.outcome_reward = OutcomeReward(None if reward_funcs else grader, args, reward_range)
         self.run_files = RunFiles(args.output_dir, collapse_window=args.collapse_window, collapse_drop=args.collapse_drop)
         super().__init__(
             model=model,
@@ -369,27 +223,29 @@ class PRPOTrainer(GRPOTrainer):
         check_dataset(train_dataset, self._tokenizer, args.max_prompt_length, needs_answer=needs_answer)
         if eval_dataset is not None:
             check_dataset(eval_dataset, self._tokenizer, args.max_prompt_length, needs_answer=needs_answer)
-        needs_entropy = self.uses_prm and get_segmenter(args.segmenter).needs_entropy
-        self._entropy_from_generation = needs_entropy and not (self.use_vllm or args.use_transformers_continuous_batching)
-        # TRL's old-policy pass attends with its completion mask, which hides truncated completions under
-        # mask_truncated_completions; the extra pass attends to every sampled token instead.
-        self._entropy_from_old_pass = (needs_entropy and not self._entropy_from_generation and self._old_pass_runs()
-                                       and not args.mask_truncated_completions)
-        self._capture_old_entropy = False
-        self._captured_entropy: Tensor | None = None
-        self._recorder: GenerationEntropy | None = None
-        self._rollout_lengths: list[int] = []
-        self._times: dict[str, float] = defaultdict(float)
-        self._update_seconds = 0.0
+        self._entropy_source = self._choose_entropy_source()
+        self._rollout = Rollout()  # the rollout in progress (or the last one)
+        self._update_seconds = 0.0  # optimiser-update time of the accumulation in progress
 
     # ------------------------------------------------------------------ engine hooks (minimal overrides)
 
-    def _old_pass_runs(self) -> bool:
-        """Whether TRL computes old-policy log-probs this step (same condition as `_generate_and_score_completions`)."""
+    def _choose_entropy_source(self) -> str | None:
+        """Where the sampling entropy comes from (None: the segmenter reads none), chosen once.
+
+        ``generation``: a hook on transformers' `generate`; ``old_pass``: TRL's old-policy log-prob
+        pass, when it runs (same condition as `_generate_and_score_completions`) and attends to every
+        sampled token (``mask_truncated_completions`` hides truncated ones from it); ``extra_pass``: one
+        more no-grad forward pass.
+        """
+        if not self.uses_prm or not get_segmenter(self.args.segmenter).needs_entropy:
+            return None
+        if not (self.use_vllm or self.args.use_transformers_continuous_batching):
+            return "generation"
         generate_every = self.args.steps_per_generation * self.num_iterations
-        return self.args.gradient_accumulation_steps % generate_every != 0 or (
+        old_pass_runs = self.args.gradient_accumulation_steps % generate_every != 0 or (
             self.use_vllm and self.vllm_importance_sampling_correction
         )
+        return "old_pass" if old_pass_runs and not self.args.mask_truncated_completions else "extra_pass"
 
     def _policy_module(self) -> torch.nn.Module:
         model = self.accelerator.unwrap_model(self.model)
@@ -419,36 +275,35 @@ class PRPOTrainer(GRPOTrainer):
 
     def _generate(self, prompts: list):
         start = time.perf_counter()
+        rollout = self._rollout
         handle = None
-        self._recorder = None
-        if self._entropy_from_generation:
-            self._recorder = GenerationEntropy(self.temperature)
-            handle = self._policy_module().register_forward_hook(self._recorder)
+        if self._entropy_source == "generation":
+            rollout.recorder = GenerationEntropy(self.temperature)
+            handle = self._policy_module().register_forward_hook(rollout.recorder)
         try:
             result = super()._generate(prompts)
         finally:
             if handle is not None:
                 handle.remove()
-        self._rollout_lengths = [len(ids) for ids in result[1]]
-        entropy_seconds = self._recorder.seconds if self._recorder is not None else 0.0
-        self._times["entropy"] += entropy_seconds
-        self._times["generate"] += time.perf_counter() - start - entropy_seconds
+        rollout.lengths = [len(ids) for ids in result[1]]
+        entropy_seconds = rollout.recorder.seconds if rollout.recorder is not None else 0.0
+        rollout.times["entropy"] += entropy_seconds
+        rollout.times["generate"] += time.perf_counter() - start - entropy_seconds
         return result
 
     def _get_per_token_logps_and_entropies(self, model, *args, compute_entropy=False, **kwargs):
-        capture = self._capture_old_entropy and model is self.model
-        if not capture:
+        rollout = self._rollout
+        if not (rollout.capture_old_pass and model is self.model):
             return super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=compute_entropy, **kwargs)
-        self._capture_old_entropy = False
-        start = time.perf_counter()
-        logps, entropies, aux = super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=True, **kwargs)
-        self._captured_entropy = entropies
-        self._times["old_logps"] += time.perf_counter() - start
+        rollout.capture_old_pass = False
+        with rollout.timed("old_logps"):
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=True, **kwargs)
+        rollout.old_pass_entropy = entropies
         return logps, entropies if compute_entropy else None, aux
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list) -> Tensor:
         """TRL's ``r[B_global, K]`` (every process's rows, in process order); this process's R from its slice."""
-        with self._timed("grade"):
+        with self._rollout.timed("grade"):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         rank = self.accelerator.process_index
         local = rewards_per_func[rank * len(prompts):(rank + 1) * len(prompts)]
@@ -456,10 +311,10 @@ class PRPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def training_step(self, model, inputs, num_items_in_batch):
-        start = time.perf_counter()
-        self._rollout_seconds = 0.0
+        start, before = time.perf_counter(), self._rollout
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._update_seconds += time.perf_counter() - start - self._rollout_seconds
+        rollout_seconds = self._rollout.seconds if self._rollout is not before else 0.0  # a step that generated
+        self._update_seconds += time.perf_counter() - start - rollout_seconds
         if self._step % self.current_gradient_accumulation_steps == 0:
             self._metrics["train"]["time/update"].append(self._update_seconds)
             self._update_seconds = 0.0
@@ -468,25 +323,23 @@ class PRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         start = time.perf_counter()
         mode = "train" if self.model.training else "eval"
-        self._times = defaultdict(float)
-        self._captured_entropy = None
-        self._capture_old_entropy = self._entropy_from_old_pass
+        rollout = self._rollout = Rollout(capture_old_pass=self._entropy_source == "old_pass")
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
-            self._capture_old_entropy = False
-        output["advantages"] = self.token_advantages(inputs, output, self._rollout_lengths, mode)
-        self._log_mean_advantages(output["advantages"])
+            rollout.capture_old_pass = False
+        output["advantages"] = self.token_advantages(inputs, output, rollout, mode)
+        self._log_mean_advantages(output["advantages"], rollout.lengths)
         elapsed = time.perf_counter() - start
-        self._times["logprobs_other"] = elapsed - sum(self._times.values())
-        for name, seconds in self._times.items():
+        rollout.times["logprobs_other"] = elapsed - sum(rollout.times.values())
+        for name, seconds in rollout.times.items():
             self._metrics[mode][f"time/{name}"].append(seconds)
-        self._rollout_seconds = elapsed
+        rollout.seconds = elapsed
         return output
 
-    def _log_mean_advantages(self, advantages: Tensor) -> None:
+    def _log_mean_advantages(self, advantages: Tensor, lengths: list[int]) -> None:
         """Put each response's mean token advantage where TRL logged its own (GRPO) one for `log_completions`."""
-        lengths = torch.tensor(self._rollout_lengths, device=advantages.device).clamp(min=1)
+        lengths = torch.tensor(lengths, device=advantages.device).clamp(min=1)
         means = self.accelerator.gather(advantages.sum(dim=1) / lengths).tolist()
         logged = self._logs["advantages"]
         for _ in means:
@@ -495,24 +348,18 @@ class PRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ PRPO stages
 
-    @contextlib.contextmanager
-    def _timed(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self._times[name] += time.perf_counter() - start
-
-    def _sampling_entropy(self, output: dict[str, Any], mask: Tensor) -> Tensor:
-        """Per-token entropy [B, T] of the sampling policy at the rollout temperature.
+    def _sampling_entropy(self, output: dict[str, Any], mask: Tensor, rollout: Rollout) -> Tensor:
+        """Per-token entropy [B, T] of the sampling policy at the rollout temperature, from the chosen source.
 
         ``mask`` marks every sampled token; the extra pass attends with it rather than TRL's
         ``completion_mask``, which is all 0 on a truncated row under ``mask_truncated_completions``.
         """
         width = output["completion_ids"].shape[1]
-        if self._recorder is not None:
-            return self._recorder.entropies(width).to(output["completion_ids"].device)
-        if self._captured_entropy is not None:
-            return self._captured_entropy.float()
-        with self._timed("entropy"):
+        if self._entropy_source == "generation":
+            return rollout.recorder.entropies(width).to(output["completion_ids"].device)
+        if self._entropy_source == "old_pass":
+            return rollout.old_pass_entropy.float()
+        with rollout.timed("entropy"):
             input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
             attention_mask = torch.cat([output["prompt_mask"], mask.to(output["prompt_mask"].dtype)], dim=1)
             with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
@@ -522,14 +369,14 @@ class PRPOTrainer(GRPOTrainer):
                 )
         return entropies.float()
 
-    def _segment(self, output: dict[str, Any], mask: Tensor) -> Tensor:
+    def _segment(self, output: dict[str, Any], mask: Tensor, rollout: Rollout) -> Tensor:
         """Segment ids [B, T] from the registered segmenter, given the inputs its entry says it reads."""
         segmenter = get_segmenter(self.args.segmenter)
         entropy = token_texts = None
         if segmenter.needs_entropy:
-            entropy = self._sampling_entropy(output, mask)
-            self._entropy_sums = torch.stack([(entropy * mask).sum(), mask.sum().float()])
-        with self._timed("segment"):
+            entropy = self._sampling_entropy(output, mask, rollout)
+            rollout.entropy_sums = torch.stack([(entropy * mask).sum(), mask.sum().float()])
+        with rollout.timed("segment"):
             if segmenter.needs_text:
                 lengths = mask.sum(dim=1).tolist()
                 token_texts = [self._tokenizer.batch_decode([[t] for t in row[:n]], skip_special_tokens=True)
@@ -546,32 +393,31 @@ class PRPOTrainer(GRPOTrainer):
         """[B_local, T_local] on every process -> [B_global, T_max], padded on the right with ``pad``."""
         return self.accelerator.gather(self.accelerator.pad_across_processes(tensor, dim=1, pad_index=pad))
 
-    def token_advantages(self, inputs: list[dict[str, Any]], output: dict[str, Any], lengths: list[int], mode: str) -> Tensor:
+    def token_advantages(self, inputs: list[dict[str, Any]], output: dict[str, Any], rollout: Rollout, mode: str) -> Tensor:
         """This process's rows of ``A[B, T]`` for a rollout already graded by `outcome_reward`.
 
         ``inputs`` are the dataset rows (prompt id, problem, gold answer), ``output`` TRL's rollout
-        tensors, ``lengths`` the valid response tokens of each row (EOS included).
+        tensors, ``rollout`` what the earlier stages of this rollout recorded (lengths, entropy).
         """
         completion_ids = output["completion_ids"]
         device = completion_ids.device
         batch, width = completion_ids.shape
-        lengths = torch.tensor(lengths, device=device)
+        lengths = torch.tensor(rollout.lengths, device=device)
         mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
 
         segment_ids = spans = segment_texts = scores = token_scores = None
-        self._entropy_sums = None
         if self.uses_prm:
-            segment_ids = self._segment(output, mask)
+            segment_ids = self._segment(output, mask, rollout)
             spans = segment_spans(segment_ids)
             segment_texts = self._segment_texts(completion_ids, spans)
-            with self._timed("prm"):
+            with rollout.timed("prm"):
                 from prpo.prm import validate_scores
 
                 problems = [row_problem(row) for row in inputs]
                 scores = validate_scores(self.prm.score(problems, segment_texts), segment_texts)
             token_scores = scores_to_tokens(scores, segment_ids).to(device)
 
-        with self._timed("advantages"):
+        with rollout.timed("advantages"):
             local_ids = [row_prompt_id(row) for row in inputs]
             all_ids = gather_object(local_ids)
             dense = {pid: i for i, pid in enumerate(dict.fromkeys(all_ids))}
@@ -585,17 +431,14 @@ class PRPOTrainer(GRPOTrainer):
             all_scores = None if token_scores is None else self._gather_rows(token_scores, 0.0)
             all_segments = None if segment_ids is None else self._gather_rows(segment_ids.to(device), -1)
             kept = self._filter(mode, rewards, group_ids, all_mask, all_scores, all_segments)
-            advantages = advantages_on_kept(
-                self.args.method, kept, outcome_rewards=rewards, group_ids=group_ids,
-                mask=all_mask & ~unscorable[:, None], token_scores=all_scores, segment_ids=all_segments,
-                **self.advantage_kwargs,
-            )
+            batch_inputs = AdvantageInputs(rewards, group_ids, all_mask & ~unscorable[:, None], all_scores, all_segments)
+            result = advantages_on_kept(self.args.method, kept, batch_inputs, **self.advantage_kwargs)
             rows = slice(self.accelerator.process_index * batch, (self.accelerator.process_index + 1) * batch)
-            local = advantages[rows, :width].contiguous()
+            local = result.advantages[rows, :width].contiguous()
             if not kept.all():
                 self._drop_from_loss(output, kept[rows])
 
-        self._log_step(mode, rewards, group_ids, all_mask, advantages, all_scores, all_segments)
+        self._log_step(mode, rewards, group_ids, all_mask, result, all_scores, all_segments, rollout)
         if mode == "train" and self.args.samples_per_step != 0:
             self._write_samples(inputs, spans, segment_texts, scores, local, mask, kept[rows].tolist())
         return local
@@ -615,8 +458,8 @@ class PRPOTrainer(GRPOTrainer):
         else:
             correct = rewards > (self.args.correct_reward + self.args.wrong_reward) / 2
         name, options = spec
-        result = apply_filter(name, correct=correct, group_ids=group_ids, mask=mask, token_scores=token_scores,
-                              segment_ids=segment_ids, **options)
+        outcomes = AdvantageInputs(correct.float(), group_ids, mask, token_scores, segment_ids)
+        result = apply_filter(name, outcomes, **options)
         for key, value in result.metrics(correct).items():
             self._metrics[mode][key].append(value)
         return result.keep
@@ -638,7 +481,9 @@ class PRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ metrics and samples
 
-    def _log_step(self, mode, rewards, group_ids, mask, advantages, token_scores, segment_ids) -> None:
+    def _log_step(self, mode: str, rewards: Tensor, group_ids: Tensor, mask: Tensor, result: AdvantageResult,
+                  token_scores: Tensor | None, segment_ids: Tensor | None, rollout: Rollout) -> None:
+        """The step's metrics: outcomes, the advantages and the method's own diagnostics, segments, PRM scores, entropy."""
         from prpo.grading import extract_final_answer
 
         metrics = self._metrics[mode]
@@ -654,9 +499,11 @@ class PRPOTrainer(GRPOTrainer):
         low = outcome.new_full((n_groups,), math.inf).scatter_reduce_(0, dense, outcome, "amin")
         high = outcome.new_full((n_groups,), -math.inf).scatter_reduce_(0, dense, outcome, "amax")
         metrics["frac_groups_same_outcome"].append((low == high).float().mean().item())
-        valid = advantages[mask]
+        valid = result.advantages[mask]
         metrics["advantages/mean"].append(valid.mean().item())
         metrics["advantages/std"].append(valid.std(unbiased=False).item())
+        for key, value in result.metrics.items():
+            metrics[key].append(value)
         if token_scores is None:
             return
         counts = num_segments(segment_ids)
@@ -666,16 +513,8 @@ class PRPOTrainer(GRPOTrainer):
         starts[:, 1:] &= segment_ids[:, 1:] != segment_ids[:, :-1]
         metrics["prm/score_mean"].append(token_scores[starts].mean().item())
         metrics["prm/first_segment_mean"].append(token_scores[:, 0][mask[:, 0]].mean().item())
-        z = process_advantage(token_scores, mask, group_ids, normalization=self.args.normalization,
-                              mu0=self.args.mu0, sigma0=self.args.sigma0, eps=self.args.eps)
-        beta = outcome_location(rewards, group_ids, scale=self.args.outcome_scale, eps=self.args.eps)[:, None]
-        signed = mask & (beta != 0)
-        # PRPO's blind spot: in all-same-outcome groups beta = 0 and its advantage is process-only there.
-        metrics["beta_zero_token_share"].append(((mask & (beta == 0)).sum() / mask.sum().clamp(min=1)).item())
-        agree = signed & (torch.sign(z) == torch.sign(beta))
-        metrics["sign_agreement"].append((agree.sum() / signed.sum().clamp(min=1)).item())
-        if self._entropy_sums is not None:
-            total, count = self.accelerator.reduce(self._entropy_sums, reduction="sum").tolist()
+        if rollout.entropy_sums is not None:
+            total, count = self.accelerator.reduce(rollout.entropy_sums, reduction="sum").tolist()
             metrics["sampling_entropy"].append(total / max(count, 1.0))
 
     def _write_samples(self, inputs, spans, segment_texts, scores, advantages, mask, kept) -> None:

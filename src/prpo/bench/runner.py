@@ -24,13 +24,16 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 from transformers.utils import logging as hf_logging
 
-from prpo.bench.family import QUALITIES, FamilyPRM, load_family
+from prpo.advantages import ADVANTAGES
 from prpo.bench.policy import SIZES as POLICY_SIZES
 from prpo.bench.policy import PolicySize, load_char_tokenizer
 from prpo.metrics import read_jsonl
+from prpo.prm import load_prm
+from prpo.prm.family import QUALITIES
+from prpo.tasks.family import load_family
 
-METHODS = ("grpo", "dr_grpo", "prpo", "process_only", "prm_avg", "pure", "prof", "prpo_prof")
-DEFAULT_FAMILY = "prpo.bench.data:ARITHMETIC"
+METHODS = tuple(ADVANTAGES)  # every registered advantage method, in registration order
+DEFAULT_FAMILY = "prpo.bench.arithmetic_family:ARITHMETIC"
 EVAL_FILE = "eval.jsonl"
 
 
@@ -135,12 +138,18 @@ class HeldOutEval(TrainerCallback):
             self.evaluate(model, processing_class, state.global_step)
 
 
+def prm_spec_of(spec: RunSpec) -> dict:
+    """The run's PRM as a `load_prm` spec (type ``bench_family``): what the run records and what it loads."""
+    return {"type": "bench_family", "family": spec.family, "quality": spec.quality, "noise": spec.size.noise,
+            "seed": spec.seed}
+
+
 def run_one(spec: RunSpec, threads: int) -> str:
     """Train one (level, PRM quality, method, seed) from its warm start; record metrics and held-out accuracy."""
     import torch
 
-    from prpo.bench.family import level_named
     from prpo.config import PRPOConfig
+    from prpo.tasks.family import level_named
     from prpo.trainer import PRPOTrainer
 
     torch.set_num_threads(threads)
@@ -156,10 +165,9 @@ def run_one(spec: RunSpec, threads: int) -> str:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     train = family.task("train", size.prompts_per_step * size.rl_steps, level, 1000 + spec.seed)
-    prm = FamilyPRM(family, spec.quality, noise=size.noise, seed=spec.seed)
+    prm_spec = prm_spec_of(spec)
     args = PRPOConfig(
-        output_dir=str(out), method=spec.method, seed=spec.seed, data_seed=spec.seed,
-        prm={"type": "bench_family", "family": spec.family, "quality": spec.quality, "noise": size.noise},
+        output_dir=str(out), method=spec.method, seed=spec.seed, data_seed=spec.seed, prm=prm_spec,
         num_generations=size.num_generations,
         per_device_train_batch_size=size.prompts_per_step * size.num_generations,
         max_completion_length=level.max_completion_length, max_prompt_length=128,
@@ -174,7 +182,8 @@ def run_one(spec: RunSpec, threads: int) -> str:
     start = Path(spec.init) / f"heldout-step0-{spec.level}-{size.eval_problems}.json"
     evaluator = HeldOutEval(out / EVAL_FILE, heldout, size.eval_every, level.max_completion_length, start)
     trainer = PRPOTrainer(
-        spec.init, args=args, train_dataset=train.to_dataset(tokenizer), prm=prm, processing_class=tokenizer, grader=train.grade,
+        spec.init, args=args, train_dataset=train.to_dataset(tokenizer), prm=load_prm(prm_spec),
+        processing_class=tokenizer, grader=train.grade,
         callbacks=[evaluator],
     )
     trainer.remove_callback(PrinterCallback)  # the runner's progress bar reports; metrics go to metrics.jsonl

@@ -9,8 +9,8 @@ from datasets import Dataset
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from prpo.bench.family import TaskFamily
 from prpo.bench.policy import PolicySize, build_policy, char_tokenizer
+from prpo.tasks.family import TaskFamily
 
 
 def warm_start_rows(family: TaskFamily, problems: int, seed: int) -> list[dict[str, str]]:

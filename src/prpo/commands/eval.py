@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, output: Path) -> int:
     from prpo.evaluation import evaluate
-    from prpo.generation import check_sampling, make_generator
+    from prpo.generation import Sampling, make_generator
     from prpo.tasks import load_task
 
-    check_sampling(args.max_new_tokens, args.temperature, args.top_p, args.samples)
+    Sampling(args.max_new_tokens, args.temperature, args.top_p, args.samples)  # checks the settings before loading
 
     options = {"data_dir": args.data_dir} if args.data_dir and args.benchmark != "arithmetic" else {}
     split = args.split or (None if args.data_file or args.dataset_id else "test")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prpo.config import ConfigError, RunConfig, TaskConfig, load_config
+from prpo.config import ConfigError
+from prpo.run_config import RunConfig, TaskConfig, load_config
 from prpo.models import SMOLLM2_ALIAS, cache_root, smollm2_gguf
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml"
@@ -136,7 +137,7 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART) ->
 
     from prpo.model_card import ModelCard, header_comment
 
-    from prpo.quickstart import train_and_report
+    from prpo.training_run import train_and_report
     from prpo.trainer import PRPOTrainer
 
     args = config.training

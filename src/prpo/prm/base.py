@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
+from prpo.registry import Registry
 from prpo.typecheck import has_type, type_name
 
 
@@ -89,22 +90,33 @@ def config_id(kind: str, config: Any, exclude: tuple[str, ...] = ()) -> str:
     return f"{kind}({fields})"
 
 
-PRM_REGISTRY: dict[str, type] = {}
+@dataclasses.dataclass(frozen=True)
+class PRMType:
+    """A registered PRM type: `Config`, the dataclass of its fields, and `fn(config)` that builds the PRM."""
+
+    name: str
+    fn: Callable[[Any], ProcessRewardModel]
+    Config: type
+
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self.Config):
+            raise TypeError(f"PRM type {self.name!r} needs a dataclass `Config` to be registered")
+
+
+PRM_REGISTRY: Registry[PRMType] = Registry("PRM type")
 
 
 def register_prm(name: str) -> Callable[[type], type]:
     """Class decorator: make an adapter loadable as `load_prm({"type": name, ...})`.
 
     The class must define `Config`, a dataclass of its options, and take an instance of it as
-    the only constructor argument.
+    the only constructor argument. A second type of the same name is an error.
     """
 
     def decorate(cls: type) -> type:
-        if name in PRM_REGISTRY:
-            raise ValueError(f"a PRM named {name!r} is already registered ({PRM_REGISTRY[name].__qualname__})")
         if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
             raise TypeError(f"{cls.__qualname__} needs a dataclass attribute `Config` to be registered as a PRM")
-        PRM_REGISTRY[name] = cls
+        PRM_REGISTRY.add(PRMType(name, cls, cls.Config))
         return cls
 
     return decorate
@@ -128,11 +140,11 @@ def load_prm(spec: str | Path | Mapping[str, Any]) -> ProcessRewardModel:
         raise PRMError(f"a PRM spec must be a name, a mapping or a config file path, got {type(spec).__name__}")
     fields = dict(spec)
     kind = fields.pop("type", None)
-    if kind not in PRM_REGISTRY:
-        known = ", ".join(sorted(PRM_REGISTRY))
-        raise PRMError(f"{source}: unknown PRM type {kind!r}; known types: {known}")
-    cls = PRM_REGISTRY[kind]
-    return cls(build_config(cls.Config, fields, where=f"{source} (type {kind!r})"))
+    try:
+        entry = PRM_REGISTRY.lookup(kind)
+    except ValueError as err:
+        raise PRMError(f"{source}: {err}") from None
+    return entry.fn(build_config(entry.Config, fields, where=f"{source} (type {kind!r})"))
 
 
 class FunctionPRM:

@@ -12,8 +12,10 @@ and its reference solution writes one equation per step, then the answer line th
     7 * 2 = 14
     Answer: 14
 
-Every number a solution uses is written in the problem as digits, except the 2 of "doubles" and
-"half". Results are positive integers (subtraction never reaches 0, division is exact).
+`Example.meta["chain"]` holds the `Chain` itself (its `Step`s), for consumers that build on the
+steps rather than read the text back. Every number a solution uses is written in the problem as
+digits, except the 2 of "doubles" and "half". Results are positive integers (subtraction never
+reaches 0, division is exact).
 Difficulty knobs (`ArithmeticConfig`): fixed op patterns, or random chains of a number of steps
 over allowed operations; range of the numbers, largest multiplier/divisor, largest intermediate
 value, share of "a bags of b" openings. The default mix is tuned for SmolLM2-135M-Instruct with
@@ -30,9 +32,10 @@ from its own seeded generator and holds no problem text twice (small knobs give 
 from __future__ import annotations
 
 import hashlib
+import operator
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -41,6 +44,9 @@ from prpo.tasks.base import Example, register_task
 from prpo.tasks.templates import Messages, Template, register_template
 
 OPS = "+-*/"
+OPERATORS: dict[str, Callable[[int, int], int]] = {  # a chain's values are integers: division is exact
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.floordiv,
+}
 SPLITS = ("train", "test")
 DEFAULT_SIZE = {"train": 1000, "test": 200}
 DEFAULT_PATTERNS = ("+*", "+*", "+*", "++", "+-", "*+")
@@ -100,9 +106,19 @@ class Step:
     before: int
     after: int
 
+    @classmethod
+    def taken(cls, op: str, operand: int, before: int) -> Step:
+        """The step `before op operand` with its true result."""
+        return cls(op, operand, before, OPERATORS[op](before, operand))
+
     @property
     def equation(self) -> str:
         return f"{self.before} {self.op} {self.operand} = {self.after}"
+
+
+def write_solution(steps: Sequence[Step]) -> str:
+    """One equation per step, each with its stated result, then the answer line (the last result)."""
+    return "\n".join([step.equation for step in steps] + [f"Answer: {steps[-1].after}"])
 
 
 @dataclass(frozen=True)
@@ -119,11 +135,7 @@ class Chain:
 
     @property
     def solution(self) -> str:
-        return "\n".join([step.equation for step in self.steps] + [f"Answer: {self.answer}"])
-
-
-def _apply(op: str, value: int, operand: int) -> int:
-    return {"+": value + operand, "-": value - operand, "*": value * operand, "/": value // operand}[op]
+        return write_solution(self.steps)
 
 
 def _operands(op: str, value: int, config: ArithmeticConfig) -> list[int]:
@@ -137,7 +149,7 @@ def _operands(op: str, value: int, config: ArithmeticConfig) -> list[int]:
         candidates = range(2, config.max_factor + 1)
     else:
         candidates = [k for k in range(2, config.max_factor + 1) if value >= k and value % k == 0]
-    return [n for n in candidates if _apply(op, value, n) <= config.max_value]
+    return [n for n in candidates if OPERATORS[op](value, n) <= config.max_value]
 
 
 def draw_chain(rng: random.Random, config: ArithmeticConfig) -> Chain | None:
@@ -160,7 +172,7 @@ def draw_chain(rng: random.Random, config: ArithmeticConfig) -> Chain | None:
             return None
         op, operands = rng.choice(choices)
         operand = rng.choice(operands)
-        steps.append(Step(op, operand, value, _apply(op, value, operand)))
+        steps.append(Step.taken(op, operand, value))
         value = steps[-1].after
     return Chain(start, tuple(steps), grouped)
 
@@ -212,7 +224,7 @@ def parse_problem(problem: str) -> Chain | None:
     steps: list[Step] = []
     if grouped := _GROUPED.fullmatch(sentences[0]):
         start, operand = int(grouped["start"]), int(grouped["n"])
-        steps.append(Step("*", operand, start, start * operand))
+        steps.append(Step.taken("*", operand, start))
     elif opening := _OPENING.fullmatch(sentences[0]):
         start = int(opening["start"])
     else:
@@ -227,7 +239,7 @@ def parse_problem(problem: str) -> Chain | None:
             return None
         if op == "/" and value % operand:
             return None
-        steps.append(Step(op, operand, value, _apply(op, value, operand)))
+        steps.append(Step.taken(op, operand, value))
         value = steps[-1].after
     return Chain(start, tuple(steps), bool(grouped)) if steps else None
 
@@ -264,7 +276,7 @@ def generate(n: int, *, split: str = "train", seed: int = 0, config: ArithmeticC
             continue
         seen.add(problem)
         meta = {"solution": chain.solution, "steps": len(chain.steps), "ops": "".join(s.op for s in chain.steps),
-                "grouped": chain.grouped, "split": split, "seed": seed}
+                "grouped": chain.grouped, "split": split, "seed": seed, "chain": chain}
         examples.append(Example(f"arithmetic-{split}-{len(examples)}", problem, str(chain.answer), meta))
     return examples
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prpo.registry import Registry
 from prpo.tasks.templates import Messages, get_template
 
 Grader = Callable[[str, str], bool]
@@ -84,15 +85,20 @@ class TaskSpec:
     grader: Grader
     grade_many: BatchGrader | None = None
 
+    @property
+    def fn(self) -> Callable[..., list[Example]]:
+        """The task's function as a registry entry: its loader."""
+        return self.load
 
-TASKS: dict[str, TaskSpec] = {}
+
+TASKS: Registry[TaskSpec] = Registry("task")
 
 
 def register_task(name: str, *, template: str, grader: Grader, grade_many: BatchGrader | None = None):
-    """Decorator registering a loader function as task `name` (a later one with that name replaces it)."""
+    """Decorator registering a loader function as task `name` (a second task of that name is an error)."""
 
     def decorator(load: Callable[..., list[Example]]) -> Callable[..., list[Example]]:
-        TASKS[name] = TaskSpec(name, load, template, grader, grade_many)
+        TASKS.add(TaskSpec(name, load, template, grader, grade_many))
         return load
 
     return decorator
@@ -113,11 +119,9 @@ def load_task(
     `limit` keeps the first `limit` examples; `template` overrides the task's prompt template;
     `options` go to the task's loader (e.g. `data_dir=` for benchmarks, `seed=` for arithmetic).
     """
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; registered: {sorted(TASKS)}")
+    spec = TASKS.lookup(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"task {name!r}: limit must be a positive integer, got {limit!r}")
-    spec = TASKS[name]
     kwargs = dict(data_file=data_file, dataset_id=dataset_id, split=split, **options)
     if "limit" in inspect.signature(spec.load).parameters:  # generators make `limit` examples
         kwargs["limit"] = limit

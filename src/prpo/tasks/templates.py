@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prpo.registry import Registry
+
 Messages = list[dict[str, str]]
 
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -22,6 +24,11 @@ class Template:
     messages: Callable[[str], Messages]
     text: Callable[[str], str]
 
+    @property
+    def fn(self) -> Callable[[str], Messages]:
+        """The template's function as a registry entry: `messages`."""
+        return self.messages
+
     def render(self, problem: str, tokenizer=None) -> Messages | str:
         """Messages without a tokenizer; with one, a string: its chat template applied, else `text`."""
         if tokenizer is None:
@@ -31,19 +38,18 @@ class Template:
         return self.text(problem)
 
 
-TEMPLATES: dict[str, Template] = {}
+TEMPLATES: Registry[Template] = Registry("prompt template")
 
 
 def register_template(template: Template) -> Template:
-    """Add a template to the registry under its name (a later one with the same name replaces it)."""
-    TEMPLATES[template.name] = template
+    """Add a template to the registry under its name (a second one of that name is an error)."""
+    TEMPLATES.add(template)
     return template
 
 
 def get_template(name: str) -> Template:
-    if name not in TEMPLATES:
-        raise ValueError(f"unknown prompt template {name!r}; registered: {sorted(TEMPLATES)}")
-    return TEMPLATES[name]
+    """The template ``name``; the error lists the known ones."""
+    return TEMPLATES.lookup(name)
 
 
 def chatml(messages: Messages) -> str:

@@ -1,7 +1,7 @@
 """Segmentation (entropy given) + PRPO advantages on a 1024 x 2048 batch, vectorised vs per-row.
 
 Prints the time per batch of both implementations, measured side by side in this run, their ratio,
-and checks that they agree. Usage: python benchmarks/bench_advantages.py [--rows 1024 --tokens 2048]
+and checks that they agree. Usage: python speed/bench_advantages.py [--rows 1024 --tokens 2048]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PRM scoring throughput and cache hit rate on a GRPO-shaped batch (prompts x 8 responses).
 
-    python benchmarks/bench_prm.py [--prompts 16] [--samples 8] [--device cpu] [--policy smollm2]
+    python speed/bench_prm.py [--prompts 16] [--samples 8] [--device cpu] [--policy smollm2]
 
 Prints, for a tiny random Qwen2 step-tag PRM (the Qwen2.5-Math-PRM input format on the real
 Qwen2.5 tokenizer):

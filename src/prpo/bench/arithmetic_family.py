@@ -26,56 +26,26 @@ consistently from the wrong value, so the final answer is wrong too:
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from prpo.bench.family import Level
-from prpo.prm.arithmetic import ArithmeticPRM, find_reference, problem_numbers
+from prpo.prm.arithmetic import ArithmeticPRM, find_reference
+from prpo.prm.arithmetic_text import problem_numbers
 from prpo.tasks import Example, Task
-from prpo.tasks.arithmetic import ArithmeticConfig, answer_matches, generate
+from prpo.tasks.arithmetic import OPERATORS, ArithmeticConfig, Step, answer_matches, generate, write_solution
+from prpo.tasks.family import Level
 from prpo.tasks.templates import Template, register_template
 
 TEMPLATE = register_template(
     Template("bench_arithmetic", lambda problem: [{"role": "user", "content": problem}], lambda p: f"{p}\n")
 )
-_EQUATION = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$")
-_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
-
-
-@dataclass(frozen=True)
-class Step:
-    """One line of a solution: ``before op operand = after``."""
-
-    before: int
-    op: str
-    operand: int
-    after: int
-
-
-def parse_solution(solution: str) -> list[Step]:
-    """The equations of a reference solution (the generator's one-equation-per-line format)."""
-    steps = []
-    for line in solution.splitlines():
-        if line.startswith("Answer:"):
-            break
-        match = _EQUATION.match(line)
-        if match is None:
-            raise ValueError(f"not a solution line: {line!r}")
-        steps.append(Step(int(match[1]), match[2], int(match[3]), int(match[4])))
-    return steps
 
 
 def terse_problem(steps: Sequence[Step]) -> str:
     """``3 + 4 then * 2 then - 5``."""
     head = f"{steps[0].before} {steps[0].op} {steps[0].operand}"
     return " then ".join([head] + [f"{s.op} {s.operand}" for s in steps[1:]])
-
-
-def write_solution(steps: Sequence[Step]) -> str:
-    """Solution lines for ``steps``, each with its stated result, then the answer line."""
-    return "\n".join([f"{s.before} {s.op} {s.operand} = {s.after}" for s in steps] + [f"Answer: {steps[-1].after}"])
 
 
 def slip(value: int, rng: random.Random) -> int:
@@ -98,10 +68,10 @@ def dropped_carry(before: int, op: str, operand: int) -> int | None:
     """
     if op == "/":
         return None
-    ones = _APPLY[op](before % 10, operand % 10)
+    ones = OPERATORS[op](before % 10, operand % 10)
     if 0 <= ones <= 9:
         return None
-    tens = _APPLY[op](before // 10, operand // 10) if op != "*" else (before // 10) * operand
+    tens = OPERATORS[op](before // 10, operand // 10) if op != "*" else (before // 10) * operand
     return tens * 10 + ones % 10
 
 
@@ -116,13 +86,13 @@ def with_step_errors(
     misconceptions = misconceptions or {}
     out, value = [], steps[0].before
     for step in steps:
-        result = _APPLY[step.op](value, step.operand)
+        result = OPERATORS[step.op](value, step.operand)
         dropped = dropped_carry(value, step.op, step.operand) if step.op in misconceptions else None
         if dropped is not None and rng.random() < misconceptions[step.op]:
             result = dropped
         elif rng.random() < error_rate:
             result = slip(result, rng)
-        out.append(Step(value, step.op, step.operand, result))
+        out.append(Step(step.op, step.operand, value, result))
         value = result
     return out
 
@@ -137,7 +107,7 @@ def bench_task(split: str, n: int, steps: tuple[int, int], seed: int) -> Task:
     config = ArithmeticConfig(steps=steps, numbers=(2, 9), ops="+-*", max_factor=2, max_value=99, groups=0.0, patterns=())
     examples: dict[str, Example] = {}  # the generator may tell one chain twice in different words
     for example in generate(4 * n, split=split, seed=seed, config=config):
-        problem = terse_problem(parse_solution(example.meta["solution"]))
+        problem = terse_problem(example.meta["chain"].steps)
         examples.setdefault(problem, Example(example.id, problem, example.answer, dict(example.meta)))
     if len(examples) < n:
         raise ValueError(f"only {len(examples)} distinct {split} problems with {steps} steps, {n} asked for")
@@ -146,7 +116,7 @@ def bench_task(split: str, n: int, steps: tuple[int, int], seed: int) -> Task:
 
 @dataclass(frozen=True)
 class ArithmeticChains:
-    """The arithmetic task family (`prpo.bench.family.TaskFamily`): terse chains, three error sites.
+    """The arithmetic task family (`prpo.tasks.family.TaskFamily`): terse chains, three error sites.
 
     Levels (fixed before any run; see docs/bench.md): easy 2-3 steps, medium 4-5, hard 6-8. The
     step checker is the `arithmetic` PRM's reference-mode verifier (each equation true and a step of
@@ -162,7 +132,7 @@ class ArithmeticChains:
         return bench_task(split, n, level.steps, seed)
 
     def warm_solution(self, example: Example, rng: random.Random) -> str:
-        steps = parse_solution(example.meta["solution"])
+        steps = example.meta["chain"].steps
         return write_solution(with_step_errors(steps, rng, self.slip_rate, dict(self.misconceptions)))
 
     def evidence(self, problem: str, text: str, final: bool) -> tuple[bool, int]:

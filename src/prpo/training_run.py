@@ -23,11 +23,10 @@ from transformers import ProgressCallback
 from prpo.evaluation import EvalResult, evaluate_model, mcnemar_improvement, paired_correctness
 from prpo.metrics import read_jsonl
 from prpo.model_card import ModelCard, ModelCardCallback, name_adapter_base
-from prpo.report import BEFORE_AFTER_FILE, build_report
+from prpo.report import BEFORE_AFTER_FILE, accuracy_rows, build_report
 from prpo.tasks import Task
 
 EVAL_DIR = "eval"
-PHASES = ("before", "after")
 # metrics shown beside the progress bar: (log key, label)
 SHOWN = (("accuracy", "acc"), ("reward", "reward"), ("completions/mean_length", "len"), ("prm/score_mean", "prm"), ("kl", "kl"))
 
@@ -76,12 +75,8 @@ def summary_entry(summary: dict[str, Any]) -> dict[str, Any]:
 def before_after_table(data: dict[str, Any], title: str) -> str:
     """Before/after accuracy with 95% Wilson intervals, the change and its exact one-sided McNemar test."""
     lines = [title, f"{'':8}{'accuracy':>10}  {'95% interval':>14}  {'correct':>9}"]
-    for phase in PHASES:
-        entry = data[phase]
-        low, high = entry["accuracy_ci95"]
-        lines.append(f"{phase:8}{100 * entry['accuracy']:>9.1f}%  {100 * low:>6.1f}-{100 * high:.1f}%  "
-                     f"{entry['correct']:>4}/{entry['num_problems']}")
-    change = 100 * (data["after"]["accuracy"] - data["before"]["accuracy"])
+    phases, change = accuracy_rows(data)
+    lines += [f"{name:8}{accuracy:>9.1f}%  {low:>6.1f}-{high:.1f}%  {counts:>9}" for name, accuracy, low, high, counts in phases]
     lines.append(f"{'change':8}{change:>+8.1f} points")
     test = data["mcnemar"]
     lines.append(f"one-sided exact McNemar test: p = {test['p_value']:.3g} "

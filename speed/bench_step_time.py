@@ -5,7 +5,7 @@ Runs alternate A/B (GRPO, PRPO, then PRPO, GRPO, ...), each a fresh `PRPOTrainer
 median step time of each method, the PRPO/GRPO ratio (target: at most 1.10) and the mean time
 split of a step (generate, entropy, segment, PRM, advantages, update, ...).
 
-    python benchmarks/bench_step_time.py --model smollm2 --rounds 3 --steps 4
+    python speed/bench_step_time.py --model smollm2 --rounds 3 --steps 4
 """
 
 from __future__ import annotations
