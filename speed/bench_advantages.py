@@ -1,7 +1,9 @@
 """Segmentation (entropy given) + PRPO advantages on a 1024 x 2048 batch, vectorised vs per-row.
 
 Prints the time per batch of both implementations, measured side by side in this run, their ratio,
-and checks that they agree. Usage: python speed/bench_advantages.py [--rows 1024 --tokens 2048]
+and checks that they agree; then the advantage step alone (segments given) of PRPO and of
+sign-preserving PRPO (`prpo_sp`) side by side, with their ratio.
+Usage: python speed/bench_advantages.py [--rows 1024 --tokens 2048]
 """
 
 from __future__ import annotations
@@ -33,10 +35,14 @@ def make_batch(rows: int, tokens: int, group_size: int, k: int, seed: int) -> di
 def vectorised(batch: dict[str, torch.Tensor], k: int, min_gap: int) -> torch.Tensor:
     """The library path: entropy_segments -> scores_to_tokens -> compute_advantages('prpo')."""
     ids = entropy_segments(batch["entropy"], batch["mask"], k=k, min_gap=min_gap)
-    tokens = scores_to_tokens(batch["segment_scores"], ids)
+    return advantages("prpo", batch, ids)
+
+
+def advantages(method: str, batch: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """scores_to_tokens -> compute_advantages(method) on given segments."""
     return compute_advantages(
-        "prpo", outcome_rewards=batch["rewards"], group_ids=batch["group_ids"], mask=batch["mask"],
-        token_scores=tokens, segment_ids=ids,
+        method, outcome_rewards=batch["rewards"], group_ids=batch["group_ids"], mask=batch["mask"],
+        token_scores=scores_to_tokens(batch["segment_scores"], ids), segment_ids=ids,
     )
 
 
@@ -88,6 +94,14 @@ def main() -> None:
     print(f"vectorised (segmentation + PRPO advantages): {fast_s * 1e3:8.1f} ms/batch (median of {args.repeats})")
     print(f"per-row Python reference:                    {slow_s * 1e3:8.1f} ms/batch (median of {args.reference_repeats})")
     print(f"speed-up: {slow_s / fast_s:.0f}x; results agree (max abs diff {worst:.2e})")
+
+    ids = entropy_segments(batch["entropy"], batch["mask"], k=args.k, min_gap=args.min_gap)
+    method_s = {}
+    for _ in range(2):  # alternating A/B twice; the second pass is reported
+        for method in ("prpo", "prpo_sp"):
+            method_s[method], _ = timed(lambda m=method: advantages(m, batch, ids), args.repeats)
+    print(f"advantages alone (segments given): prpo {method_s['prpo'] * 1e3:.1f} ms, "
+          f"prpo_sp {method_s['prpo_sp'] * 1e3:.1f} ms, ratio prpo_sp / prpo = {method_s['prpo_sp'] / method_s['prpo']:.2f}")
 
 
 if __name__ == "__main__":

@@ -245,9 +245,12 @@ def _fake_run(root, level, quality, method, seed, accuracies, answer_rates=None)
     with (folder / "metrics.jsonl").open("w") as out:
         for step in range(1, 11):
             length = 40 if rate == 1.0 else 40 - 3.5 * step  # falls to 5 tokens
-            out.write(json.dumps({"step": step, "step_time": 2.0 if method == "grpo" else 2.2, "accuracy": step / 10,
-                                  "completions/mean_length": length, "final_answer_rate": length / 40,
-                                  "frac_groups_same_outcome": 0.5, "beta_zero_token_share": 0.25}) + "\n")
+            row = {"step": step, "step_time": 2.0 if method == "grpo" else 2.2, "accuracy": step / 10,
+                   "completions/mean_length": length, "final_answer_rate": length / 40,
+                   "frac_groups_same_outcome": 0.5, "beta_zero_token_share": 0.25}
+            if method == "prpo_sp":
+                row["clip_share"] = 0.1 * (step % 2)  # mean over the 10 steps: 0.05
+            out.write(json.dumps(row) + "\n")
 
 
 def test_summary_table_from_run_files(tmp_path):
@@ -260,9 +263,10 @@ def test_summary_table_from_run_files(tmp_path):
     _fake_run(tmp_path, "easy", "clean", "prm_avg", 0, [0.4, 0.7])  # cut short after step 5
     _fake_run(tmp_path, "easy", "clean", "prm_avg", 1, [0.4, 0.5, 0.6])
     _fake_run(tmp_path, "hard", "clean", "grpo", 0, [0.1, 0.1, 0.2])
+    _fake_run(tmp_path, "hard", "clean", "prpo_sp", 0, [0.1, 0.2, 0.2])
     table = summarise(tmp_path)
     assert "easy/clean/pure" not in table
-    assert list(table)[:2] == ["easy/biased/process_only", "easy/clean/grpo"] and list(table)[-1] == "hard/clean/grpo"
+    assert list(table)[:2] == ["easy/biased/process_only", "easy/clean/grpo"] and list(table)[-1] == "hard/clean/prpo_sp"
     assert table["easy/clean/prm_avg"]["steps"] == [0, 5]
     assert table["easy/clean/prm_avg"]["final_accuracy"][0] == pytest.approx(0.6)  # (0.7 + 0.5) / 2
     assert table["easy/clean/grpo"]["final_accuracy"][0] == pytest.approx(0.5)
@@ -281,8 +285,9 @@ def test_summary_table_from_run_files(tmp_path):
     text = markdown(table)
     assert (
         "| easy | clean | prpo | 3 | 10 | 40.0 ± 0.0 | 60.0 ± 0.0 | 15.0 ± 0.0 | 50.5 ± 1.2 | +10.0 ± 0.0 | +2.5 ± 0.0 "
-        "| +5.5 ± 1.2 | 5 | 50.0 ± 0.0 | 25.0 ± 0.0 | 100% | 40.0 | 0/3 (0-56%) | 0 / 0 / 0 | 0.0 ± 0.0 | 2.20 |" in text
+        "| +5.5 ± 1.2 | 5 | 50.0 ± 0.0 | 25.0 ± 0.0 | — | 100% | 40.0 | 0/3 (0-56%) | 0 / 0 / 0 | 0.0 ± 0.0 | 2.20 |" in text
     )
+    assert "| hard | clean | prpo_sp | 1 | 10 |" in text and "| 50.0 | 25.0 | 5.0 | 100% |" in text  # clip share 5%
     assert "| easy | biased | process_only | 3 | 10 |" in text and "| 3/3 (44-100%) | 3 / 0 / 0 |" in text
     path = write_summary(tmp_path)
     for name in ("bench-easy.png", "bench-hard.png", "bench-prpo-minus-grpo.png"):

@@ -263,17 +263,22 @@ def check_metrics(run: Run) -> None:
         fn = ADVANTAGES[run.args.method].fn
         keep = e.keep if e.keep is not None else torch.ones(len(e.texts), dtype=torch.bool)
         beta, mask = outcome_beta(run.args, e, keep)[keep], e.mask[keep]
-        if fn in (adv.grpo, adv.dr_grpo, adv.prpo):
+        if fn in (adv.grpo, adv.dr_grpo, adv.prpo, adv.prpo_sp):
             assert row["beta_zero_token_share"] == approx((mask & (beta[:, None] == 0)).sum().item() / mask.sum().item())
         else:
             assert "beta_zero_token_share" not in row
-        if fn is adv.prpo:
+        if fn in (adv.prpo, adv.prpo_sp):
             z = process_z(run.args, e, keep)[keep]
             signed = mask & (beta[:, None] != 0)
             agree = signed & (torch.sign(z) == torch.sign(beta)[:, None])
             assert row["sign_agreement"] == approx(agree.sum().item() / max(signed.sum().item(), 1))
         else:
             assert "sign_agreement" not in row
+        if fn is adv.prpo_sp:  # the share of signed tokens where the outcome overruled the PRM
+            clipped = signed & (z.abs() > beta.abs()[:, None])
+            assert row["clip_share"] == approx(clipped.sum().item() / max(signed.sum().item(), 1))
+        else:
+            assert "clip_share" not in row
         if e.segment_ids is None:
             continue
         counts = e.segment_ids.amax(dim=1) + 1
@@ -319,6 +324,11 @@ def first_reward(completions, **kwargs) -> list[float]:
     return [float(parity(c[0]["content"] if isinstance(c, list) else c)) for c in completions]
 
 
+def constant_reward(completions, **kwargs) -> list[float]:
+    """A custom reward that never varies: every group has all-same outcomes."""
+    return [1.0] * len(completions)
+
+
 def second_reward(completions, **kwargs) -> list[float]:
     """A custom reward: the response's character count mod 3."""
     return [float(len(c[0]["content"] if isinstance(c, list) else c) % 3) for c in completions]
@@ -336,6 +346,9 @@ RUNS: dict[str, tuple[str, dict[str, Any], list | None, dict[str, Any]]] = {
     "pure": ("pure", dict(advantage_options={"tau": 0.5}), None, dict(tau=0.5)),
     "prpo_prof": ("prpo_prof", dict(filter={"type": "consistency", "keep": 3}), None, {}),
     "grpo": ("grpo", dict(reward_weights=[1.0, 0.5]), [first_reward, second_reward], {}),
+    # every group all-same (a constant reward): prpo_sp's advantage there is uniform_group_scale * Z
+    "prpo_sp-uniform": ("prpo_sp", dict(advantage_options={"uniform_group_scale": 1.0}), [constant_reward],
+                        dict(uniform_group_scale=1.0)),
 }
 RUN_NAMES = sorted(set(ADVANTAGES) | set(RUNS))
 

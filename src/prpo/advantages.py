@@ -306,6 +306,44 @@ def prpo(
                                         "sign_agreement": sign_agreement(z, beta, mask)})
 
 
+@register_advantage("prpo_sp", uses_prm=True)
+def prpo_sp(
+    inputs: AdvantageInputs,
+    *,
+    normalization: str = "fixed_prior",
+    mu0: float = MU0,
+    sigma0: float = SIGMA0,
+    outcome_scale: str = "none",
+    eps: float = EPS,
+    uniform_group_scale: float = 0.0,
+) -> AdvantageResult:
+    """Sign-preserving PRPO (this project's proposal, ALGORITHM.md s.9; not in the paper):
+    ``A[i, t] = beta_i + clip(Z[i, t], -|beta_i|, |beta_i|)``.
+
+    ``Z`` and ``beta`` are PRPO's (same options). The outcome sets every token's sign and the PRM only
+    scales its size, between 0 and ``2 |beta_i|``: a PRM that praises a wrong response cannot push it up,
+    nor fault a correct one down. In a group whose outcomes are all equal (every ``beta = 0``) the
+    advantage is ``uniform_group_scale * Z`` (default 0: no signal there; 1: PRPO's process-only signal,
+    for a PRM you trust where every response fails). Reports ``beta_zero_token_share``,
+    ``sign_agreement`` and ``clip_share``: the share of tokens with ``beta != 0`` where the clip binds
+    (``|Z| > |beta|``), how often the PRM was overruled.
+    """
+    mask, scores = inputs.mask, inputs.scores("prpo_sp")
+    beta = outcome_location(inputs.outcome_rewards, inputs.group_ids, scale=outcome_scale, eps=eps)
+    z = process_advantage(scores, mask, inputs.group_ids, normalization=normalization, mu0=mu0, sigma0=sigma0, eps=eps)
+    bound = beta.abs()[:, None]
+    advantages = beta[:, None] + torch.minimum(torch.maximum(z, -bound), bound)
+    all_same = group_sum((beta != 0).double(), inputs.group_ids) == 0
+    advantages = torch.where(all_same[:, None], uniform_group_scale * z, advantages).masked_fill(~mask, 0.0)
+    signed = mask & (beta != 0)[:, None]
+    clipped = signed & (z.abs() > bound)
+    return AdvantageResult(advantages, {
+        "beta_zero_token_share": beta_zero_token_share(beta, mask),
+        "sign_agreement": sign_agreement(z, beta, mask),
+        "clip_share": (clipped.sum() / signed.sum().clamp(min=1)).item(),
+    })
+
+
 @register_advantage("process_only", uses_prm=True)
 def process_only(
     inputs: AdvantageInputs,

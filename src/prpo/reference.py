@@ -1,4 +1,4 @@
-"""Straightforward per-row implementations of ALGORITHM.md sections 2, 4 and 8, in plain Python.
+"""Straightforward per-row implementations of ALGORITHM.md sections 2, 4, 8 and 9, in plain Python.
 
 They follow the text line by line, with no vectorisation, and exist to check the fast
 implementations in ``prpo.segmentation``, ``prpo.advantages`` and ``prpo.filters`` (tests, benchmarks).
@@ -39,6 +39,14 @@ def deviation_from_mean(value: float, group: Sequence[float]) -> float:
     return 0.0 if abs(deviation) <= len(group) * sys.float_info.epsilon * max(map(abs, group)) else deviation
 
 
+def outcome_locations(rewards: Sequence[float], groups: Sequence[int]) -> list[float]:
+    """``beta_i = R_i - mean_g R`` of every row, with `deviation_from_mean`'s exact zeros."""
+    members: dict[int, list[float]] = defaultdict(list)
+    for reward, group in zip(rewards, groups):
+        members[group].append(reward)
+    return [deviation_from_mean(reward, members[group]) for reward, group in zip(rewards, groups)]
+
+
 def prpo_advantages_rows(
     rewards: Sequence[float],
     groups: Sequence[int],
@@ -48,13 +56,30 @@ def prpo_advantages_rows(
     sigma0: float = SIGMA0,
 ) -> list[list[float]]:
     """PRPO with the fixed prior: ``A[i, t] = (s[i, S[i, t]] - mu0) / sigma0 + R_i - mean_g R``, per row."""
-    members: dict[int, list[float]] = defaultdict(list)
-    for reward, group in zip(rewards, groups):
-        members[group].append(reward)
+    betas = outcome_locations(rewards, groups)
+    return [[(scores[s] - mu0) / sigma0 + beta for s in ids] for beta, scores, ids in zip(betas, segment_scores, segment_ids)]
+
+
+def prpo_sp_advantages_rows(
+    rewards: Sequence[float],
+    groups: Sequence[int],
+    segment_scores: Sequence[Sequence[float]],
+    segment_ids: Sequence[Sequence[int]],
+    mu0: float = MU0,
+    sigma0: float = SIGMA0,
+    uniform_group_scale: float = 0.0,
+) -> list[list[float]]:
+    """Sign-preserving PRPO (ALGORITHM.md s.9), per row: ``A = beta + min(max(Z, -|beta|), |beta|)`` with PRPO's
+    fixed-prior Z and beta; in a group where every beta is 0, ``A = uniform_group_scale * Z``."""
+    betas = outcome_locations(rewards, groups)
+    silent = {g for g in groups if all(b == 0 for b, h in zip(betas, groups) if h == g)}
     out = []
-    for reward, group, scores, ids in zip(rewards, groups, segment_scores, segment_ids):
-        beta = deviation_from_mean(reward, members[group])
-        out.append([(scores[s] - mu0) / sigma0 + beta for s in ids])
+    for beta, group, scores, ids in zip(betas, groups, segment_scores, segment_ids):
+        z = [(scores[s] - mu0) / sigma0 for s in ids]
+        if group in silent:
+            out.append([uniform_group_scale * v for v in z])
+        else:
+            out.append([beta + min(max(v, -abs(beta)), abs(beta)) for v in z])
     return out
 
 

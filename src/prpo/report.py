@@ -25,6 +25,8 @@ CURVES = (
     ("kl", "KL to the initial policy"),
     ("prm/score_mean", "mean PRM segment score"),
     ("final_answer_rate", "final-answer rate"),
+    ("beta_zero_token_share", "tokens with beta = 0 (all-same groups)"),
+    ("clip_share", "tokens where the outcome overruled the PRM (prpo_sp)"),
 )
 
 

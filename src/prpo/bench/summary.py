@@ -169,6 +169,7 @@ def summarise(results: Path) -> dict[str, dict]:
             "auc": mean_ci([auc(run) for run in group]),
             "same_outcome_groups": _train_mean(group, "frac_groups_same_outcome"),
             "beta_zero_share": _train_mean(group, "beta_zero_token_share"),
+            "clip_share": _train_mean(group, "clip_share"),
             "final_length": statistics.fmean(length[-1]), "final_answer_rate": statistics.fmean(answered[-1]),
             "collapses": sum(collapses), "collapse_interval": wilson(sum(collapses), len(group)),
             "monitor": {"hits": sum(c and f for c, f in zip(collapses, fired)),
@@ -213,9 +214,9 @@ def markdown(table: dict[str, dict]) -> str:
     lines = [
         "| level | PRM | method | seeds | final step | greedy start | greedy final | sampled final | AUC "
         "| minus GRPO, greedy | minus GRPO, sampled | minus GRPO, AUC | steps to GRPO's final "
-        "| all-same-outcome groups | tokens with beta = 0 | final-answer rate | final length "
-        "| collapsed (95% CI) | monitor hit / miss / false alarm | fall from best | step time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| all-same-outcome groups | tokens with beta = 0 | PRM overruled (prpo_sp clip) | final-answer rate "
+        "| final length | collapsed (95% CI) | monitor hit / miss / false alarm | fall from best | step time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.values():
         reach = "—" if row["steps_to_grpo_final"] is None else str(row["steps_to_grpo_final"])
@@ -226,7 +227,8 @@ def markdown(table: dict[str, dict]) -> str:
             f"| {_pct(row['initial_accuracy'])} | {_pct(row['final_accuracy'])} | {_pct(row['final_sampled_accuracy'])} "
             f"| {_pct(row['auc'])} | {_signed(row['vs_grpo'])} | {_signed(row['vs_grpo_sampled'])} "
             f"| {_signed(row['vs_grpo_auc'])} | {reach} | {_pct(row['same_outcome_groups'])} "
-            f"| {_pct(row['beta_zero_share'])} | {100 * row['final_answer_rate']:.0f}% | {row['final_length']:.1f} "
+            f"| {_pct(row['beta_zero_share'])} | {_pct(row['clip_share'])} | {100 * row['final_answer_rate']:.0f}% "
+            f"| {row['final_length']:.1f} "
             f"| {row['collapses']}/{row['seeds']} ({100 * low:.0f}-{100 * high:.0f}%) "
             f"| {monitor['hits']} / {monitor['misses']} / {monitor['false_alarms']} "
             f"| {_pct(row['fall_from_best'])} | {row['step_time']:.2f} |"
