@@ -307,16 +307,8 @@ def prpo(
 
 
 @register_advantage("prpo_sp", uses_prm=True)
-def prpo_sp(
-    inputs: AdvantageInputs,
-    *,
-    normalization: str = "fixed_prior",
-    mu0: float = MU0,
-    sigma0: float = SIGMA0,
-    outcome_scale: str = "none",
-    eps: float = EPS,
-    uniform_group_scale: float = 0.0,
-) -> AdvantageResult:
+def prpo_sp(inputs: AdvantageInputs, *, normalization: str = "fixed_prior", mu0: float = MU0, sigma0: float = SIGMA0,
+            outcome_scale: str = "none", eps: float = EPS, uniform_group_scale: float = 0.0) -> AdvantageResult:
     """Sign-preserving PRPO (this project's proposal, ALGORITHM.md s.9; not in the paper):
     ``A[i, t] = beta_i + clip(Z[i, t], -|beta_i|, |beta_i|)``.
 
@@ -345,14 +337,8 @@ def prpo_sp(
 
 
 @register_advantage("process_only", uses_prm=True)
-def process_only(
-    inputs: AdvantageInputs,
-    *,
-    normalization: str = "fixed_prior",
-    mu0: float = MU0,
-    sigma0: float = SIGMA0,
-    eps: float = EPS,
-) -> AdvantageResult:
+def process_only(inputs: AdvantageInputs, *, normalization: str = "fixed_prior", mu0: float = MU0,
+                 sigma0: float = SIGMA0, eps: float = EPS) -> AdvantageResult:
     """Process only: ``A[i, t] = Z[i, t]`` (beta = 0), the setting of Hypothesis 1 (ALGORITHM.md s.6)."""
     return AdvantageResult(process_advantage(
         inputs.scores("process_only"), inputs.mask, inputs.group_ids,

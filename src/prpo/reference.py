@@ -60,15 +60,9 @@ def prpo_advantages_rows(
     return [[(scores[s] - mu0) / sigma0 + beta for s in ids] for beta, scores, ids in zip(betas, segment_scores, segment_ids)]
 
 
-def prpo_sp_advantages_rows(
-    rewards: Sequence[float],
-    groups: Sequence[int],
-    segment_scores: Sequence[Sequence[float]],
-    segment_ids: Sequence[Sequence[int]],
-    mu0: float = MU0,
-    sigma0: float = SIGMA0,
-    uniform_group_scale: float = 0.0,
-) -> list[list[float]]:
+def prpo_sp_advantages_rows(rewards: Sequence[float], groups: Sequence[int], segment_scores: Sequence[Sequence[float]],
+                            segment_ids: Sequence[Sequence[int]], mu0: float = MU0, sigma0: float = SIGMA0,
+                            uniform_group_scale: float = 0.0) -> list[list[float]]:
     """Sign-preserving PRPO (ALGORITHM.md s.9), per row: ``A = beta + min(max(Z, -|beta|), |beta|)`` with PRPO's
     fixed-prior Z and beta; in a group where every beta is 0, ``A = uniform_group_scale * Z``."""
     betas = outcome_locations(rewards, groups)
