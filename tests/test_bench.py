@@ -6,7 +6,7 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -285,10 +285,13 @@ def test_summary_table_from_run_files(tmp_path):
     text = markdown(table)
     assert (
         "| easy | clean | prpo | 3 | 10 | 40.0 ± 0.0 | 60.0 ± 0.0 | 15.0 ± 0.0 | 50.5 ± 1.2 | +10.0 ± 0.0 | +2.5 ± 0.0 "
-        "| +5.5 ± 1.2 | 5 | 50.0 ± 0.0 | 25.0 ± 0.0 | — | 100% | 40.0 | 0/3 (0-56%) | 0 / 0 / 0 | 0.0 ± 0.0 | 2.20 |" in text
+        "| +5.5 ± 1.2 | 5 | 50.0 ± 0.0 | 25.0 ± 0.0 | — | 100% | 40.0 | 0/3 (0-56%) | 0/3 (0-56%) | 0 / 0 / 0 "
+        "| 0.0 ± 0.0 | 2.20 |" in text
     )
+    # process-only ends at 0.1 < 0.5 x 0.4: ended collapsed in 3 of 3; its dips are counted apart
+    assert "| 3/3 (44-100%) | 3/3 (44-100%) | 3 / 0 / 0 |" in text
     assert "| hard | clean | prpo_sp | 1 | 10 |" in text and "| 50.0 | 25.0 | 5.0 | 100% |" in text  # clip share 5%
-    assert "| easy | biased | process_only | 3 | 10 |" in text and "| 3/3 (44-100%) | 3 / 0 / 0 |" in text
+    assert "| easy | biased | process_only | 3 | 10 |" in text
     path = write_summary(tmp_path)
     for name in ("bench-easy.png", "bench-hard.png", "bench-prpo-minus-grpo.png"):
         assert (tmp_path / name).stat().st_size > 10_000 and name in path.read_text()
@@ -397,7 +400,7 @@ def test_default_methods_are_the_advantage_registry_in_its_order():
     from prpo.bench.runner import METHODS
 
     assert METHODS == tuple(ADVANTAGES)
-    assert METHODS == ("grpo", "dr_grpo", "prpo", "process_only", "prm_avg", "pure", "prof", "prpo_prof")
+    assert METHODS == ("grpo", "dr_grpo", "prpo", "prpo_sp", "process_only", "prm_avg", "pure", "prof", "prpo_prof")
 
 
 @pytest.mark.parametrize("family", ["prpo.bench.arithmetic_family:ARITHMETIC", f"{Path(__file__)}:REMAINDERS"])
@@ -437,3 +440,45 @@ def test_unknown_method_is_a_clear_usage_error(tmp_path):
     with pytest.raises(SystemExit, match="--methods: unknown advantage method 'nosuch'; known: dr_grpo, grpo"):
         bench_main(["--size", "smoke", "--output", str(tmp_path), "--methods", "grpo", "nosuch"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_validation_problems_come_from_the_train_split_and_are_kept_out_of_training():
+    from prpo.bench.runner import DEFAULT_FAMILY, SIZES, RunSpec, heldout_and_train
+
+    family = load_family(DEFAULT_FAMILY)
+    level = family.levels[0]
+    spec = RunSpec(DEFAULT_FAMILY, level.name, "clean", "grpo", 0, "unused", "unused", SIZES["cpu"], "validation")
+    heldout, train = heldout_and_train(family, level, spec)
+    test, plain_train = heldout_and_train(family, level, replace(spec, eval_split="test"))
+    validation = {e.problem for e in heldout.examples}
+    assert len(validation) == SIZES["cpu"].eval_problems and len(train.examples) == len(plain_train.examples)
+    assert not validation & {e.problem for e in train.examples}  # never trained on
+    assert not validation & {e.problem for e in test.examples}  # the test split is never seen when choosing
+    assert all(e.id.startswith("arithmetic-train") or "train" in e.id for e in heldout.examples)
+    # with the test split, the draws are the ones every earlier run made
+    assert [e.problem for e in test.examples] == [e.problem for e in family.task("test", len(test), level, 0).examples]
+    assert [e.problem for e in plain_train.examples] == [
+        e.problem for e in family.task("train", len(plain_train), level, 1000).examples]
+
+
+def test_bench_with_validation_problems_and_tuned_learning_rates(tmp_path):
+    from prpo.commands.bench import main as bench_main
+
+    argv = ["--size", "smoke", "--output", str(tmp_path), "--methods", "grpo", "prpo", "--seeds", "1", "--rl-steps",
+            "2", "--levels", "easy", "--eval-split", "validation", "--learning-rate", "2e-3", "--method-lr", "grpo=5e-4"]
+    assert bench_main(argv) == 0
+    preset = json.loads((tmp_path / "bench.json").read_text())["preset"]
+    assert preset["eval_split"] == "validation" and preset["learning_rates"] == {"grpo": 5e-4, "prpo": 2e-3}
+    assert (tmp_path / "warmstart" / "heldout-step0-easy-4-validation.json").exists()
+    for method, lr in (("grpo", 5e-4), ("prpo", 2e-3)):
+        run = tmp_path / "runs" / "easy" / "clean" / method / "seed-0"
+        rates = [row["learning_rate"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                 if "learning_rate" in row]
+        assert rates == pytest.approx([0.0, lr / 5])  # the preset's 5 warm-up steps, at the method's own rate
+        evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+        assert len(evals[-1]["heldout/correct"]) == 4  # per-problem answers, for McNemar by problem
+    assert "| easy | clean | prpo | grpo | 1 |" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(SystemExit, match="--method-lr 'grpo:1e-4': expected METHOD=LR"):
+        bench_main(argv[:-1] + ["grpo:1e-4"])
+    with pytest.raises(SystemExit, match="learning rate pure=0.001: needs a method of this run"):
+        bench_main(argv[:-1] + ["pure=1e-3"])

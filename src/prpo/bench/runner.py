@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +32,9 @@ from prpo.prm import load_prm
 from prpo.prm.family import QUALITIES
 from prpo.tasks.family import load_family
 
-METHODS = tuple(ADVANTAGES)  # every registered advantage method, in registration order
+METHODS = tuple(ADVANTAGES)
+EVAL_SPLITS = ("test", "validation")
+VALIDATION_SEED = 999_983  # validation problems: the train split with a seed no other draw of the benchmark uses  # every registered advantage method, in registration order
 DEFAULT_FAMILY = "prpo.bench.arithmetic_family:ARITHMETIC"
 EVAL_FILE = "eval.jsonl"
 
@@ -92,6 +94,7 @@ class RunSpec:
     init: str  # warm-started policy folder
     output_dir: str
     size: BenchSize = field(repr=False)
+    eval_split: str = "test"  # held-out problems: the test split, or validation problems from the train split
 
 
 class HeldOutEval(TrainerCallback):
@@ -112,14 +115,16 @@ class HeldOutEval(TrainerCallback):
         from prpo.evaluation import evaluate_model
 
         greedy = evaluate_model(model, tokenizer, self.task, max_new_tokens=self.max_new_tokens,
-                                batch_size=len(self.task), progress=False).summary
+                                batch_size=len(self.task), progress=False)
         # Mean accuracy of 2 samples per problem at temperature 1.
         sampled = evaluate_model(model, tokenizer, self.task, samples=2, temperature=1.0, seed=step,
                                  max_new_tokens=self.max_new_tokens, batch_size=2 * len(self.task),
                                  progress=False).summary
-        row = {"step": step, "heldout/accuracy": greedy["accuracy"], "heldout/length": greedy["response_tokens"]["mean"],
-               "heldout/final_answer_rate": 1 - greedy["no_final_answer_fraction"],
-               "heldout/sampled_accuracy": sampled["accuracy"]}
+        summary = greedy.summary
+        row = {"step": step, "heldout/accuracy": summary["accuracy"], "heldout/length": summary["response_tokens"]["mean"],
+               "heldout/final_answer_rate": 1 - summary["no_final_answer_fraction"],
+               "heldout/sampled_accuracy": sampled["accuracy"],
+               "heldout/correct": [int(record["correct"]) for record in greedy.records]}  # per problem, in task order
         if step == 0 and self.start is not None:  # written whole, then renamed: a reader never sees half a row
             partial = self.start.with_name(f"{self.start.name}.{os.getpid()}.tmp")
             partial.write_text(json.dumps(row) + "\n")
@@ -144,6 +149,27 @@ def prm_spec_of(spec: RunSpec) -> dict:
             "seed": spec.seed}
 
 
+def heldout_and_train(family, level, spec: RunSpec):
+    """The held-out problems (``spec.eval_split``) and the RL training problems of one run.
+
+    ``test``: the family's test split (seed 0), which RL never trains on. ``validation``: problems of
+    the train split drawn with `VALIDATION_SEED`, and training problems drawn as usual with none of
+    them (drawn with room to spare, in order), so choices made on validation never see the test split.
+    """
+    size = spec.size
+    n_train = size.prompts_per_step * size.rl_steps
+    if spec.eval_split == "test":
+        return family.task("test", size.eval_problems, level, 0), family.task("train", n_train, level, 1000 + spec.seed)
+    heldout = family.task("train", size.eval_problems, level, VALIDATION_SEED)
+    reserved = {example.problem for example in heldout.examples}
+    drawn = family.task("train", n_train + len(reserved), level, 1000 + spec.seed)
+    kept = [example for example in drawn.examples if example.problem not in reserved][:n_train]
+    if len(kept) < n_train:
+        raise ValueError(f"level {level.name}: only {len(kept)} training problems outside the validation set, "
+                         f"{n_train} needed")
+    return heldout, replace(drawn, examples=kept)
+
+
 def run_one(spec: RunSpec, threads: int) -> str:
     """Train one (level, PRM quality, method, seed) from its warm start; record metrics and held-out accuracy."""
     import torch
@@ -164,7 +190,7 @@ def run_one(spec: RunSpec, threads: int) -> str:
         for name in (EVAL_FILE, "metrics.jsonl", "samples.jsonl"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    train = family.task("train", size.prompts_per_step * size.rl_steps, level, 1000 + spec.seed)
+    heldout, train = heldout_and_train(family, level, spec)
     prm_spec = prm_spec_of(spec)
     args = PRPOConfig(
         output_dir=str(out), method=spec.method, seed=spec.seed, data_seed=spec.seed, prm=prm_spec,
@@ -178,8 +204,8 @@ def run_one(spec: RunSpec, threads: int) -> str:
         dataloader_num_workers=0,
     )
     tokenizer = load_char_tokenizer(spec.init)
-    heldout = family.task("test", size.eval_problems, level, 0)
-    start = Path(spec.init) / f"heldout-step0-{spec.level}-{size.eval_problems}.json"
+    suffix = "" if spec.eval_split == "test" else f"-{spec.eval_split}"
+    start = Path(spec.init) / f"heldout-step0-{spec.level}-{size.eval_problems}{suffix}.json"
     evaluator = HeldOutEval(out / EVAL_FILE, heldout, size.eval_every, level.max_completion_length, start)
     trainer = PRPOTrainer(
         spec.init, args=args, train_dataset=train.to_dataset(tokenizer), prm=load_prm(prm_spec),
@@ -204,12 +230,14 @@ def _warm_start(family_spec: str, seed: int, size: BenchSize, folder: str, threa
 
 
 def matrix(size: BenchSize, family: str, levels: Sequence[str], qualities: Sequence[str], methods: Sequence[str],
-           seeds: Sequence[int], results: Path) -> list[RunSpec]:
+           seeds: Sequence[int], results: Path, *, learning_rates: Mapping[str, float] | None = None,
+           eval_split: str = "test") -> list[RunSpec]:
     """Every method on every level and seed with every PRM quality asked for, once per quality it can tell apart.
 
     A method that never reads the PRM (GRPO, Dr. GRPO) runs once, with the clean PRM, whatever the
     qualities: its run is the baseline of every quality. Ordered seed first, so that a matrix cut
-    short holds complete seeds of every level and method.
+    short holds complete seeds of every level and method. ``learning_rates``: a method's learning
+    rate where it differs from the preset's (a tuned baseline).
     """
     from prpo.advantages import get_method
 
@@ -223,7 +251,9 @@ def matrix(size: BenchSize, family: str, levels: Sequence[str], qualities: Seque
                         continue  # the PRM-blind run is in once, with the first quality
                     read = quality if uses_prm else "clean"
                     folder = results / "runs" / level / read / method / f"seed-{seed}"
-                    specs.append(RunSpec(family, level, read, method, seed, str(results / "warmstart"), str(folder), size))
+                    lr = (learning_rates or {}).get(method, size.learning_rate)
+                    specs.append(RunSpec(family, level, read, method, seed, str(results / "warmstart"), str(folder),
+                                         replace(size, learning_rate=lr), eval_split))
     return specs
 
 
@@ -251,12 +281,16 @@ def check_preset(results: Path, preset: dict) -> None:
 
 def run_bench(size_name: str, results: Path, *, family: str = DEFAULT_FAMILY, levels: Sequence[str] | None = None,
               qualities: Sequence[str] = ("clean",), methods: Sequence[str] = METHODS, seeds: int | None = None,
-              jobs: int | None = None, rl_steps: int | None = None) -> Path:
+              jobs: int | None = None, rl_steps: int | None = None, learning_rates: Mapping[str, float] | None = None,
+              eval_split: str = "test") -> Path:
     """Warm-start one policy for the family, then run the matrix from it in ``jobs`` worker processes.
 
     Every run starts from the same policy, so levels, PRMs, methods and seeds differ only in RL (the
     seed sets sampling and data order). Rerun into the same ``results`` and the existing warm start
     and every complete run are reused: an interrupted benchmark only runs what is missing.
+    ``learning_rates``: per-method learning rates instead of the preset's; ``eval_split``: held-out
+    problems from the test split, or ``validation`` problems from the train split (for choosing
+    settings; see `heldout_and_train`).
     """
     size = SIZES[size_name] if rl_steps is None else replace(SIZES[size_name], rl_steps=rl_steps)
     loaded = load_family(family)
@@ -268,13 +302,21 @@ def run_bench(size_name: str, results: Path, *, family: str = DEFAULT_FAMILY, le
     for quality in qualities:
         if quality not in QUALITIES:
             raise ValueError(f"--prm {quality!r}: choose from {', '.join(QUALITIES)}")
+    if eval_split not in EVAL_SPLITS:
+        raise ValueError(f"--eval-split {eval_split!r}: choose from {', '.join(EVAL_SPLITS)}")
+    for method, lr in (learning_rates or {}).items():
+        if method not in methods or not lr > 0:
+            raise ValueError(f"learning rate {method}={lr}: needs a method of this run ({', '.join(methods)}) "
+                             "and a rate > 0")
     seeds_list = list(range(seeds if seeds is not None else size.seeds))
     jobs = jobs or size.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    preset = json.loads(json.dumps({**asdict(size), "family": family}))
+    preset = json.loads(json.dumps({**asdict(size), "family": family, "eval_split": eval_split,
+                                    "learning_rates": dict(sorted((learning_rates or {}).items()))}))
     check_preset(results, preset)
     results.mkdir(parents=True, exist_ok=True)
-    specs = matrix(size, family, levels, qualities, methods, seeds_list, results)
+    specs = matrix(size, family, levels, qualities, methods, seeds_list, results, learning_rates=learning_rates,
+                   eval_split=eval_split)
     (results / "bench.json").write_text(json.dumps(
         {"size": size_name, "preset": preset, "levels": levels, "qualities": list(qualities),
          "methods": list(methods), "seeds": seeds_list, "runs": len(specs)}, indent=2) + "\n")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prpo.bench.runner import EVAL_FILE
+from prpo.bench.stats import compare, ended_collapsed
 from prpo.metrics import METRICS_FILE, CollapseMonitor, read_jsonl
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom (normal beyond the table).
@@ -160,6 +161,7 @@ def summarise(results: Path) -> dict[str, dict]:
         _, answered = curve(group, "eval", "heldout/final_answer_rate")
         step_times = [statistics.fmean(r["step_time"] for r in run["train"]) for run in group if run["train"]]
         collapses = [collapse_step(run["eval"]) is not None for run in group]
+        ended = [ended_collapsed(run) for run in group]
         fired = [monitor_fired(run) for run in group]
         table[f"{level}/{quality}/{method}"] = {
             "level": level, "quality": quality, "method": method, "seeds": len(group), "steps": steps,
@@ -172,6 +174,7 @@ def summarise(results: Path) -> dict[str, dict]:
             "clip_share": _train_mean(group, "clip_share"),
             "final_length": statistics.fmean(length[-1]), "final_answer_rate": statistics.fmean(answered[-1]),
             "collapses": sum(collapses), "collapse_interval": wilson(sum(collapses), len(group)),
+            "ended_collapsed": sum(ended), "ended_collapsed_interval": wilson(sum(ended), len(group)),
             "monitor": {"hits": sum(c and f for c, f in zip(collapses, fired)),
                         "misses": sum(c and not f for c, f in zip(collapses, fired)),
                         "false_alarms": sum(f and not c for c, f in zip(collapses, fired))},
@@ -189,6 +192,43 @@ def summarise(results: Path) -> dict[str, dict]:
         row["vs_grpo_sampled"] = paired_difference(group, baseline, final("heldout/sampled_accuracy"))
         row["vs_grpo_auc"] = paired_difference(group, baseline, auc)
     return table
+
+
+# Pairs tested in every level and PRM quality: (method, baseline); GRPO reads no PRM, so its clean runs are
+# the baseline of every quality. The first two are the registered primary endpoints (docs/bench.md).
+COMPARISONS = (("prpo", "grpo"), ("prpo_sp", "prpo"), ("process_only", "grpo"), ("prpo_sp", "grpo"),
+               ("process_only", "prpo"), ("process_only", "prpo_sp"))
+
+
+def paired_tests(results: Path) -> list[dict]:
+    """`prpo.bench.stats.compare` for each pair of `COMPARISONS` present, per level and PRM quality."""
+    runs = load_runs(results)
+    rows = []
+    for level in level_order(results, runs):
+        for quality in ("clean", "noisy", "biased"):
+            for method, baseline in COMPARISONS:
+                group = runs.get((level, quality, method))
+                base = runs.get((level, quality if baseline not in ("grpo", "dr_grpo") else "clean", baseline))
+                if group and base:
+                    rows.append({"level": level, "quality": quality, "method": method, "baseline": baseline,
+                                 **compare(group, base)})
+    return rows
+
+
+def markdown_of_tests(rows: list[dict]) -> str:
+    """The paired exact tests as a table: sign test of the final greedy accuracy (seeds up / down), McNemar of
+    "ended collapsed" by seed (only A / only B), McNemar by problem of the final greedy answers."""
+    lines = ["| level | PRM | A | B | seeds | final greedy A > B / A < B (sign test p) "
+             "| ended collapsed only A / only B (McNemar p) | problems right only A / only B (McNemar p) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        sign, ended = row["final_greedy"], row["ended_collapsed"]
+        problem = row.get("by_problem")
+        by_problem = "—" if problem is None else f"{problem['only_a']} / {problem['only_b']} ({problem['p']:.3g})"
+        lines.append(f"| {row['level']} | {row['quality']} | {row['method']} | {row['baseline']} | {row['seeds']['n']} "
+                     f"| {sign['positive']} / {sign['negative']} ({sign['p']:.3g}) "
+                     f"| {ended['only_a']} / {ended['only_b']} ({ended['p']:.3g}) | {by_problem} |")
+    return "\n".join(lines) + "\n"
 
 
 def _pct(mean_half: tuple[float, float]) -> str:
@@ -209,18 +249,21 @@ def _signed(mean_half: tuple[float, float]) -> str:
 def markdown(table: dict[str, dict]) -> str:
     """The results table (accuracies in %, mean ± 95% t-interval half-width over seeds; "minus GRPO":
     the per-seed difference to clean GRPO of the same level, in points; AUC: mean greedy held-out
-    accuracy under the curve; collapse: runs collapsed by the written definition, 95% Wilson
-    interval, and the monitor's hits / misses / false alarms against it)."""
+    accuracy under the curve; ended collapsed: `prpo.bench.stats.ended_collapsed` at the final
+    evaluation; dipped: collapsed at some evaluation by the 2026-11-29 definition (`collapse_step`);
+    both with 95% Wilson intervals; the monitor's hits / misses / false alarms against the dips)."""
     lines = [
         "| level | PRM | method | seeds | final step | greedy start | greedy final | sampled final | AUC "
         "| minus GRPO, greedy | minus GRPO, sampled | minus GRPO, AUC | steps to GRPO's final "
         "| all-same-outcome groups | tokens with beta = 0 | PRM overruled (prpo_sp clip) | final-answer rate "
-        "| final length | collapsed (95% CI) | monitor hit / miss / false alarm | fall from best | step time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| final length | ended collapsed (95% CI) | dipped (95% CI) | monitor hit / miss / false alarm "
+        "| fall from best | step time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.values():
         reach = "—" if row["steps_to_grpo_final"] is None else str(row["steps_to_grpo_final"])
         low, high = row["collapse_interval"]
+        ended_low, ended_high = row["ended_collapsed_interval"]
         monitor = row["monitor"]
         lines.append(
             f"| {row['level']} | {row['quality']} | {row['method']} | {row['seeds']} | {row['steps'][-1]} "
@@ -229,6 +272,7 @@ def markdown(table: dict[str, dict]) -> str:
             f"| {_signed(row['vs_grpo_auc'])} | {reach} | {_pct(row['same_outcome_groups'])} "
             f"| {_pct(row['beta_zero_share'])} | {_pct(row['clip_share'])} | {100 * row['final_answer_rate']:.0f}% "
             f"| {row['final_length']:.1f} "
+            f"| {row['ended_collapsed']}/{row['seeds']} ({100 * ended_low:.0f}-{100 * ended_high:.0f}%) "
             f"| {row['collapses']}/{row['seeds']} ({100 * low:.0f}-{100 * high:.0f}%) "
             f"| {monitor['hits']} / {monitor['misses']} / {monitor['false_alarms']} "
             f"| {_pct(row['fall_from_best'])} | {row['step_time']:.2f} |"
@@ -312,11 +356,13 @@ def plot_difference(table: dict[str, dict], levels: list[str], path: Path) -> Pa
 
 
 def write_summary(results: Path) -> Path:
-    """``summary.md`` (table), ``summary.json`` and the PNG plots in ``results``."""
+    """``summary.md`` (table and paired tests), ``summary.json`` (``table``, ``tests``) and the PNG plots in ``results``."""
     table = summarise(results)
-    (results / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
+    tests = paired_tests(results)
+    (results / "summary.json").write_text(json.dumps({"table": table, "tests": tests}, indent=2) + "\n")
     plots = plot(results, results)
-    text = markdown(table) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    text = (markdown(table) + "\nPaired exact tests (`prpo.bench.stats`):\n\n" + markdown_of_tests(tests) + "\n"
+            + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     path = results / "summary.md"
     path.write_text(text)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prpo.bench.runner import DEFAULT_FAMILY, METHODS, SIZES
+from prpo.bench.runner import DEFAULT_FAMILY, EVAL_SPLITS, METHODS, SIZES
 from prpo.prm.family import QUALITIES
 
 
@@ -31,7 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=None, help="parallel worker processes (default: the preset's)")
     parser.add_argument("--rl-steps", type=int, default=None,
                         help="RL steps per run (default: the preset's); e.g. a longer horizon for collapse")
-    parser.add_argument("--summary-only", action="store_true", help="rebuild table and plots from existing runs")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="learning rate of every method instead of the preset's (e.g. one value of a grid)")
+    parser.add_argument("--method-lr", nargs="+", default=[], metavar="METHOD=LR",
+                        help="a method's own learning rate (a tuned baseline), e.g. grpo=1e-4 prpo=2e-4")
+    parser.add_argument("--eval-split", choices=EVAL_SPLITS, default="test",
+                        help="held-out problems: the test split (default), or validation problems drawn from the "
+                        "train split and kept out of training, for choosing settings (docs/bench.md)")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="rebuild the table, the paired exact tests and the plots from existing runs")
     return parser
 
 
@@ -49,12 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("prpo bench: --seeds must be at least 1")
     if args.rl_steps is not None and args.rl_steps < 1:
         raise SystemExit("prpo bench: --rl-steps must be at least 1")
+    learning_rates = {} if args.learning_rate is None else {method: args.learning_rate for method in args.methods}
+    for item in args.method_lr:
+        method, _, value = item.partition("=")
+        try:
+            learning_rates[method] = float(value)
+        except ValueError:
+            raise SystemExit(f"prpo bench: --method-lr {item!r}: expected METHOD=LR, e.g. grpo=1e-4") from None
     if not args.summary_only:
         from prpo.bench.runner import run_bench
 
         try:
             run_bench(args.size, args.output, family=args.family, levels=args.levels, qualities=args.qualities,
-                      methods=args.methods, seeds=args.seeds, jobs=args.jobs, rl_steps=args.rl_steps)
+                      methods=args.methods, seeds=args.seeds, jobs=args.jobs, rl_steps=args.rl_steps,
+                      learning_rates=learning_rates, eval_split=args.eval_split)
         except (ValueError, RuntimeError) as error:
             raise SystemExit(f"prpo bench: {error}") from None
     path = write_summary(args.output)

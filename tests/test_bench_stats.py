@@ -1,0 +1,78 @@
+"""The benchmark's exact paired tests (`prpo.bench.stats`), with hand-computed values, and their summary table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prpo.bench.stats import binomial_two_sided, compare, ended_collapsed, mcnemar, sign_test
+from prpo.bench.summary import paired_tests, markdown_of_tests
+
+
+def test_binomial_two_sided_by_hand():
+    assert binomial_two_sided(0, 5) == 2 / 32  # 5 seeds, all one way: the smallest p 5 seeds allow
+    assert binomial_two_sided(5, 5) == 2 / 32
+    assert binomial_two_sided(1, 4) == 2 * (1 + 4) / 16  # 0.625
+    assert binomial_two_sided(4, 8) == 1.0  # 2 * (1 + 8 + 28 + 56 + 70) / 256 > 1
+    assert binomial_two_sided(0, 0) == 1.0
+
+
+def test_sign_test_drops_zeros():
+    result = sign_test([0.1, 0.2, -0.1, 0.0, 0.3])
+    assert result == {"positive": 3, "negative": 1, "zero": 1, "p": 0.625}
+
+
+def test_mcnemar_counts_the_discordant_pairs():
+    result = mcnemar([True, True, False, False, True], [False, True, False, True, False])
+    assert result == {"only_a": 2, "only_b": 1, "pairs": 5, "p": 1.0}  # 2 * P(X <= 1 | 3) = 1
+    assert mcnemar([True] * 8, [False] * 8)["p"] == 2 / 256
+    with pytest.raises(ValueError, match="3 outcomes against 2"):
+        mcnemar([True] * 3, [True] * 2)
+
+
+def run(seed: int, accuracies: list[float], answer_rate: float = 1.0, correct: list[int] | None = None) -> dict:
+    rows = [{"step": 10 * i, "heldout/accuracy": a, "heldout/final_answer_rate": 1.0, "heldout/length": 30.0}
+            for i, a in enumerate(accuracies)]
+    rows[-1]["heldout/final_answer_rate"] = answer_rate
+    if correct is not None:
+        rows[-1]["heldout/correct"] = correct
+    return {"seed": seed, "eval": rows, "train": []}
+
+
+def test_ended_collapsed_is_judged_at_the_final_evaluation():
+    assert ended_collapsed(run(0, [0.4, 0.1, 0.19]))  # below half the start (0.2)
+    assert not ended_collapsed(run(0, [0.4, 0.0, 0.2]))  # a dip to 0 on the way, recovered to half the start
+    assert ended_collapsed(run(0, [0.4, 0.4, 0.4], answer_rate=0.49))  # answers in fewer than half
+
+
+def test_compare_pairs_by_seed_and_pools_problems():
+    a = [run(0, [0.5, 0.6], correct=[1, 1, 0, 1]), run(1, [0.5, 0.1], correct=[0, 0, 0, 1]), run(2, [0.5, 0.7])]
+    b = [run(0, [0.5, 0.5], correct=[1, 0, 0, 0]), run(1, [0.5, 0.5], correct=[1, 0, 1, 1]), run(3, [0.5, 0.9])]
+    result = compare(a, b)
+    assert result["seeds"] == {"n": 2}  # seeds 0 and 1 in both
+    assert result["final_greedy"] == {"positive": 1, "negative": 1, "zero": 0, "p": 1.0}
+    assert result["ended_collapsed"] == {"only_a": 1, "only_b": 0, "pairs": 2, "p": 1.0}  # seed 1: 0.1 < 0.25
+    # problems right only under A: seed 0 problems 1 and 3; only under B: seed 1 problems 0 and 2
+    assert result["by_problem"] == {"only_a": 2, "only_b": 2, "pairs": 8, "p": 1.0}
+    assert "by_problem" not in compare([run(0, [0.5, 0.6])], [run(0, [0.5, 0.5])])  # recorded without answers
+
+
+def test_summary_tests_read_the_raw_run_files(tmp_path):
+    def write(method: str, seed: int, final: float, correct: list[int]) -> None:
+        folder = tmp_path / "runs" / "easy" / "clean" / method / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        rows = [{"step": 0, "heldout/accuracy": 0.5, "heldout/sampled_accuracy": 0.4, "heldout/length": 30.0,
+                 "heldout/final_answer_rate": 1.0},
+                {"step": 10, "heldout/accuracy": final, "heldout/sampled_accuracy": 0.4, "heldout/length": 30.0,
+                 "heldout/final_answer_rate": 1.0, "heldout/correct": correct}]
+        (folder / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    for seed in range(5):
+        write("grpo", seed, 0.5, [1, 0, 1, 0])
+        write("prpo", seed, 0.75, [1, 1, 1, 0])
+    rows = paired_tests(tmp_path)
+    assert [(r["method"], r["baseline"]) for r in rows] == [("prpo", "grpo")]
+    assert rows[0]["final_greedy"]["p"] == 2 / 32 and rows[0]["by_problem"] == {"only_a": 5, "only_b": 0, "pairs": 20,
+                                                                               "p": 2 / 32}
+    assert "| easy | clean | prpo | grpo | 5 | 5 / 0 (0.0625) | 0 / 0 (1) | 5 / 0 (0.0625) |" in markdown_of_tests(rows)
