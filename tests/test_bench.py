@@ -400,7 +400,8 @@ def test_default_methods_are_the_advantage_registry_in_its_order():
     from prpo.bench.runner import METHODS
 
     assert METHODS == tuple(ADVANTAGES)
-    assert METHODS == ("grpo", "dr_grpo", "prpo", "prpo_sp", "process_only", "prm_avg", "pure", "prof", "prpo_prof")
+    assert METHODS == ("grpo", "dr_grpo", "prpo", "prpo_sp", "process_only", "prm_avg", "pure", "prof", "prpo_prof",
+                       "prpo_sp_uniform")
 
 
 @pytest.mark.parametrize("family", ["prpo.bench.arithmetic_family:ARITHMETIC", f"{Path(__file__)}:REMAINDERS"])

@@ -142,3 +142,16 @@ def test_selectable_from_yaml_python_and_the_bench(tmp_path):
         PRPOConfig(output_dir=str(tmp_path), method="prpo_sp", prm={"type": "arithmetic"}, use_cpu=True,
                    advantage_options={"lambda": 1.0})
     assert "prpo_sp" in METHODS
+
+
+def test_the_uniform_preset_is_prpo_sp_with_lambda_one():
+    from prpo.advantages import get_method
+
+    ids, tokens = _batch([[0.9], [0.2, 0.7], [0.8], [0.3]], [[2], [1, 1], [2], [2]], width=2)
+    batch = dict(outcome_rewards=torch.tensor([-1.0, -1.0, 1.0, -1.0]), group_ids=torch.tensor([0, 0, 1, 1]),
+                 mask=ids >= 0, token_scores=tokens, segment_ids=ids)
+    torch.testing.assert_close(compute_advantages("prpo_sp_uniform", **batch),
+                               compute_advantages("prpo_sp", uniform_group_scale=1.0, **batch))
+    assert "uniform_group_scale" not in get_method("prpo_sp_uniform").options()
+    with pytest.raises(ValueError, match=r"'prpo_sp_uniform' does not take option\(s\) \['uniform_group_scale'\]"):
+        compute_advantages("prpo_sp_uniform", uniform_group_scale=0.0, **batch)

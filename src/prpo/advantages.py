@@ -15,7 +15,7 @@ never from positions. Methods live in a registry:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -79,32 +79,36 @@ class AdvantageMethod:
     """A registered method: the function, whether it consumes PRM scores, and the filter a preset runs first.
 
     ``filter`` names a `prpo.filters` filter the trainer applies before the method (with its default
-    options) unless the config sets its own; None for a plain method.
+    options) unless the config sets its own; None for a plain method. ``fixed``: options a preset
+    sets (e.g. `prpo_sp_uniform`: `prpo_sp` with ``uniform_group_scale=1``).
     """
 
     name: str
     fn: Callable[..., AdvantageResult]
     uses_prm: bool
     filter: str | None = None
+    fixed: tuple[tuple[str, object], ...] = ()  # a preset's options, set by its name (not by the user)
 
     def options(self) -> dict[str, object]:
-        """Keyword options the method takes, with their defaults."""
-        return keyword_options(self.fn)
+        """Keyword options the method takes, with their defaults (a preset's fixed ones are not among them)."""
+        fixed = dict(self.fixed)
+        return {name: default for name, default in keyword_options(self.fn).items() if name not in fixed}
 
 
 ADVANTAGES: Registry[AdvantageMethod] = Registry("advantage method")
 
 
 def register_advantage(
-    name: str, *, uses_prm: bool, filter: str | None = None
+    name: str, *, uses_prm: bool, filter: str | None = None, fixed: Mapping[str, object] | None = None
 ) -> Callable[[Callable[..., AdvantageResult]], Callable[..., AdvantageResult]]:
-    """Register ``fn(inputs: AdvantageInputs, *, **options) -> AdvantageResult`` under ``name`` (``filter``: a preset's).
+    """Register ``fn(inputs: AdvantageInputs, *, **options) -> AdvantageResult`` under ``name`` (``filter``,
+    ``fixed``: a preset's filter and options).
 
     A method that reports no diagnostics may return the ``A[B, T]`` tensor alone.
     """
 
     def decorator(fn: Callable[..., AdvantageResult]) -> Callable[..., AdvantageResult]:
-        ADVANTAGES.add(AdvantageMethod(name, fn, uses_prm, filter))
+        ADVANTAGES.add(AdvantageMethod(name, fn, uses_prm, filter, tuple(sorted((fixed or {}).items()))))
         return fn
 
     return decorator
@@ -424,6 +428,8 @@ def pure(
 # prpo.filters.consistency, keep G/2 by default). `prof` is the paper's PROF-GRPO; `prpo_prof` is PRPO + PROF.
 register_advantage("prof", uses_prm=True, filter="consistency")(grpo)
 register_advantage("prpo_prof", uses_prm=True, filter="consistency")(prpo)
+# Sign-preserving PRPO with PRPO's process-only signal in all-same groups (ALGORITHM.md s.9, lambda = 1).
+register_advantage("prpo_sp_uniform", uses_prm=True, fixed={"uniform_group_scale": 1.0})(prpo_sp)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -458,7 +464,8 @@ def run_advantages(method: str, inputs: AdvantageInputs, **options: object) -> A
     """The registered ``method``'s `AdvantageResult` on ``inputs``: ``A[B, T]`` (float32, 0 on padding), diagnostics."""
     ADVANTAGES.check_options(method, options)
     validate_inputs(inputs)
-    result = ADVANTAGES[method].fn(inputs, **options)
+    entry = ADVANTAGES[method]
+    result = entry.fn(inputs, **dict(entry.fixed), **options)
     if isinstance(result, Tensor):  # a method with no diagnostics may return its advantages alone
         return AdvantageResult(result.float())
     return AdvantageResult(result.advantages.float(), result.metrics)

@@ -41,8 +41,10 @@ class Registry(dict[str, E]):
         return self[name]
 
     def check_options(self, name: str, options: Mapping[str, object]) -> None:
-        """Refuse options that entry ``name``'s function does not take, listing those it does."""
-        known = keyword_options(self.lookup(name).fn)
+        """Refuse options that entry ``name`` does not take (its ``options()`` where it has them, else its
+        function's keyword-only parameters), listing those it does."""
+        entry = self.lookup(name)
+        known = entry.options() if hasattr(entry, "options") else keyword_options(entry.fn)
         unknown = sorted(set(options) - set(known))
         if unknown:
             takes = ", ".join(known) or "no options"
