@@ -328,11 +328,14 @@ def prpo_sp(inputs: AdvantageInputs, *, normalization: str = "fixed_prior", mu0:
     beta = outcome_location(inputs.outcome_rewards, inputs.group_ids, scale=outcome_scale, eps=eps)
     z = process_advantage(scores, mask, inputs.group_ids, normalization=normalization, mu0=mu0, sigma0=sigma0, eps=eps)
     bound = beta.abs()[:, None]
-    advantages = beta[:, None] + torch.minimum(torch.maximum(z, -bound), bound)
-    all_same = group_sum((beta != 0).double(), inputs.group_ids) == 0
-    advantages = torch.where(all_same[:, None], uniform_group_scale * z, advantages).masked_fill(~mask, 0.0)
+    inside = torch.clamp(z, min=-bound, max=bound)
     signed = mask & (beta != 0)[:, None]
-    clipped = signed & (z.abs() > bound)
+    clipped = signed & (inside != z)  # |Z| > |beta|: the outcome overruled the PRM
+    advantages = inside.add_(beta[:, None])
+    all_same = group_sum((beta != 0).double(), inputs.group_ids) == 0
+    if all_same.any():
+        advantages = torch.where(all_same[:, None], uniform_group_scale * z, advantages)
+    advantages.masked_fill_(~mask, 0.0)
     return AdvantageResult(advantages, {
         "beta_zero_token_share": beta_zero_token_share(beta, mask),
         "sign_agreement": sign_agreement(z, beta, mask),
