@@ -71,8 +71,8 @@ def main() -> None:
     for m in methods:
         print(f"{m:12s} median step time {median[m]:.3f} s over {len(rows[m])} steps")
     for before, m in zip(methods, methods[1:]):
-        print(f"ratio {m} / {methods[0]} = {median[m] / median[methods[0]]:.3f}, "
-              f"{m} / {before} = {median[m] / median[before]:.3f}")
+        against = [methods[0], before] if before != methods[0] else [before]
+        print("ratio " + ", ".join(f"{m} / {b} = {median[m] / median[b]:.3f}" for b in against))
     keys = sorted({k for m in methods for r in rows[m] for k in r if k.startswith("time/")})
     print(f"{'split (mean s/step)':24s}" + "".join(f"{m:>12s}" for m in methods))
     for key in keys:
