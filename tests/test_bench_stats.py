@@ -76,3 +76,31 @@ def test_summary_tests_read_the_raw_run_files(tmp_path):
     assert rows[0]["final_greedy"]["p"] == 2 / 32 and rows[0]["by_problem"] == {"only_a": 5, "only_b": 0, "pairs": 20,
                                                                                "p": 2 / 32}
     assert "| easy | clean | prpo | grpo | 5 | 5 / 0 (0.0625) | 0 / 0 (1) | 5 / 0 (0.0625) |" in markdown_of_tests(rows)
+
+
+def test_learning_rates_are_chosen_by_final_sampled_accuracy_with_ties_to_the_lower(tmp_path, capsys):
+    from prpo.bench.summary import choose_learning_rates
+    from prpo.commands.bench import main as bench_main
+
+    # sampled accuracy at the end, per rate and method (2 seeds each): grpo best at 1e-4, prpo tied at 1e-4 and 2e-4
+    finals = {1e-4: {"grpo": (0.5, 0.6), "prpo": (0.4, 0.4)}, 2e-4: {"grpo": (0.5, 0.5), "prpo": (0.3, 0.5)}}
+    folders = []
+    for lr, by_method in finals.items():
+        folder = tmp_path / f"lr-{lr}"
+        folder.mkdir()
+        (folder / "bench.json").write_text(json.dumps({"preset": {"learning_rates": {"grpo": lr, "prpo": lr}},
+                                                       "levels": ["medium"]}))
+        for method, values in by_method.items():
+            for seed, value in enumerate(values):
+                run = folder / "runs" / "medium" / "clean" / method / f"seed-{seed}"
+                run.mkdir(parents=True)
+                rows = [{"step": step, "heldout/accuracy": 0.3, "heldout/sampled_accuracy": sampled,
+                         "heldout/length": 30.0, "heldout/final_answer_rate": 1.0}
+                        for step, sampled in ((0, 0.2), (30, value))]
+                (run / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        folders.append(folder)
+    chosen = choose_learning_rates(folders, "medium")
+    assert chosen["grpo"] == {"chosen": 1e-4, "sampled": {1e-4: pytest.approx(0.55), 2e-4: pytest.approx(0.5)}}
+    assert chosen["prpo"]["chosen"] == 1e-4  # 0.4 and 0.4: the lower rate
+    assert bench_main(["--choose-lr", *map(str, folders), "--levels", "medium"]) == 0
+    assert "--method-lr grpo=0.0001 prpo=0.0001" in capsys.readouterr().out

@@ -366,3 +366,18 @@ def write_summary(results: Path) -> Path:
     path = results / "summary.md"
     path.write_text(text)
     return path
+
+
+def choose_learning_rates(folders: Sequence[Path], level: str) -> dict[str, dict]:
+    """The registered rule of docs/bench.md: for each method, the learning rate whose runs (one folder per
+    rate, ``--learning-rate``) end with the highest mean final sampled accuracy on ``level``; ties go to
+    the lower rate. Returns ``{method: {"chosen": lr, "sampled": {lr: mean final sampled accuracy}}}``."""
+    scores: dict[str, dict[float, float]] = defaultdict(dict)
+    for folder in folders:
+        rates = json.loads((folder / "bench.json").read_text())["preset"]["learning_rates"]
+        for (run_level, quality, method), group in load_runs(folder).items():
+            if run_level == level and quality == "clean":
+                scores[method][rates[method]] = statistics.fmean(run["eval"][-1]["heldout/sampled_accuracy"]
+                                                                 for run in group)
+    return {method: {"chosen": max(sorted(by_rate), key=lambda lr: by_rate[lr]), "sampled": dict(sorted(by_rate.items()))}
+            for method, by_rate in scores.items()}

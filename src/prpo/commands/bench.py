@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-split", choices=EVAL_SPLITS, default="test",
                         help="held-out problems: the test split (default), or validation problems drawn from the "
                         "train split and kept out of training, for choosing settings (docs/bench.md)")
+    parser.add_argument("--choose-lr", nargs="+", type=Path, metavar="FOLDER",
+                        help="print each method's learning rate chosen by the registered rule from these "
+                        "results folders (one per --learning-rate, on --levels' first level) and exit")
     parser.add_argument("--summary-only", action="store_true",
                         help="rebuild the table, the paired exact tests and the plots from existing runs")
     return parser
@@ -57,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("prpo bench: --seeds must be at least 1")
     if args.rl_steps is not None and args.rl_steps < 1:
         raise SystemExit("prpo bench: --rl-steps must be at least 1")
+    if args.choose_lr:
+        import json
+
+        from prpo.bench.summary import choose_learning_rates
+
+        chosen = choose_learning_rates(args.choose_lr, (args.levels or ["medium"])[0])
+        print(json.dumps(chosen, indent=2))
+        print("--method-lr " + " ".join(f"{method}={row['chosen']:g}" for method, row in chosen.items()))
+        return 0
     learning_rates = {} if args.learning_rate is None else {method: args.learning_rate for method in args.methods}
     for item in args.method_lr:
         method, _, value = item.partition("=")
