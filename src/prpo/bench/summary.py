@@ -289,9 +289,10 @@ def _band(ax, steps: list[int], values: list[list[float]], label: str) -> None:
     ax.fill_between(steps, [m - h for m, h in zip(means, halves)], [m + h for m, h in zip(means, halves)], alpha=0.15)
 
 
-def plot(results: Path, out_dir: Path) -> list[Path]:
+def plot(results: Path, out_dir: Path, table: dict[str, dict]) -> list[Path]:
     """One figure per level (held-out greedy and sampled accuracy, all-same-outcome groups and tokens with
-    beta = 0 per training step; one line per PRM quality and method), and the PRPO-GRPO summary plot."""
+    beta = 0 per training step; one line per PRM quality and method), and the PRPO-GRPO summary plot of
+    ``table`` (`summarise` of the same results)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,7 +323,7 @@ def plot(results: Path, out_dir: Path) -> list[Path]:
         written.append(out_dir / f"bench-{level}.png")
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
-    written.append(plot_difference(summarise(results), levels, out_dir / "bench-prpo-minus-grpo.png"))
+    written.append(plot_difference(table, levels, out_dir / "bench-prpo-minus-grpo.png"))
     return written
 
 
@@ -360,7 +361,7 @@ def write_summary(results: Path) -> Path:
     table = summarise(results)
     tests = paired_tests(results)
     (results / "summary.json").write_text(json.dumps({"table": table, "tests": tests}, indent=2) + "\n")
-    plots = plot(results, results)
+    plots = plot(results, results, table)
     text = (markdown(table) + "\nPaired exact tests (`prpo.bench.stats`):\n\n" + markdown_of_tests(tests) + "\n"
             + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     path = results / "summary.md"
