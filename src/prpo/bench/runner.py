@@ -32,9 +32,9 @@ from prpo.prm import load_prm
 from prpo.prm.family import QUALITIES
 from prpo.tasks.family import load_family
 
-METHODS = tuple(ADVANTAGES)
+METHODS = tuple(ADVANTAGES)  # every registered advantage method, in registration order
 EVAL_SPLITS = ("test", "validation")
-VALIDATION_SEED = 999_983  # validation problems: the train split with a seed no other draw of the benchmark uses  # every registered advantage method, in registration order
+VALIDATION_SEED = 999_983  # validation problems: the train split with a seed no other draw of the benchmark uses
 DEFAULT_FAMILY = "prpo.bench.arithmetic_family:ARITHMETIC"
 EVAL_FILE = "eval.jsonl"
 
