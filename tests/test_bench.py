@@ -22,16 +22,14 @@ from prpo.bench.arithmetic_family import (
     with_step_errors,
 )
 from prpo.bench.policy import char_tokenizer
+from prpo.bench.stats import mean_ci, t95, wilson
 from prpo.bench.summary import (
     auc,
     collapse_step,
     final,
     markdown,
-    mean_ci,
     paired_difference,
     summarise,
-    t95,
-    wilson,
     write_summary,
 )
 from prpo.bench.warmstart import warm_start_rows

@@ -6,8 +6,15 @@ import json
 
 import pytest
 
-from prpo.bench.stats import binomial_two_sided, compare, ended_collapsed, mcnemar, sign_test
-from prpo.bench.summary import paired_tests, markdown_of_tests
+from prpo.bench.stats import (
+    binomial_two_sided,
+    compare,
+    ended_collapsed,
+    established,
+    mcnemar,
+    sign_test,
+)
+from prpo.bench.summary import markdown_of_tests, paired_tests, samples_digest
 
 
 def test_binomial_two_sided_by_hand():
@@ -51,11 +58,25 @@ def test_compare_pairs_by_seed_and_pools_problems():
     b = [run(0, [0.5, 0.5], correct=[1, 0, 0, 0]), run(1, [0.5, 0.5], correct=[1, 0, 1, 1]), run(3, [0.5, 0.9])]
     result = compare(a, b)
     assert result["seeds"] == {"n": 2}  # seeds 0 and 1 in both
-    assert result["final_greedy"] == {"positive": 1, "negative": 1, "zero": 0, "p": 1.0}
+    # differences +0.1 and -0.4: mean -0.15, sd 0.25 * sqrt(2), half-width t95(1) * 0.25 = 12.706 * 0.25
+    assert result["final_greedy"] == {"positive": 1, "negative": 1, "zero": 0, "p": 1.0, "mean": pytest.approx(-0.15),
+                                      "half_width": pytest.approx(3.1765), "established": False}
     assert result["ended_collapsed"] == {"only_a": 1, "only_b": 0, "pairs": 2, "p": 1.0}  # seed 1: 0.1 < 0.25
     # problems right only under A: seed 0 problems 1 and 3; only under B: seed 1 problems 0 and 2
     assert result["by_problem"] == {"only_a": 2, "only_b": 2, "pairs": 8, "p": 1.0}
     assert "by_problem" not in compare([run(0, [0.5, 0.6])], [run(0, [0.5, 0.5])])  # recorded without answers
+
+
+def test_established_needs_one_sign_in_every_seed_and_an_interval_without_zero():
+    # mean 0.18, sd 0.0837, half-width 2.776 * 0.0837 / sqrt(5) = 0.104 < 0.18
+    assert established([0.1, 0.2, 0.3, 0.1, 0.2])
+    assert established([-0.1, -0.2, -0.3, -0.1, -0.2])
+    assert not established([0.1, 0.2, 0.3, 0.1, 0.0])  # a tie: not every seed agrees
+    assert not established([0.1, 0.2, 0.3, 0.1, -0.05])
+    # all positive, but mean 0.108 with half-width 2.776 * 0.219 / sqrt(5) = 0.272: the interval holds 0
+    assert not established([0.01, 0.5, 0.01, 0.01, 0.01])
+    assert not established([0.3])  # one seed has no interval
+    assert not established([])
 
 
 def test_summary_tests_read_the_raw_run_files(tmp_path):
@@ -75,7 +96,31 @@ def test_summary_tests_read_the_raw_run_files(tmp_path):
     assert [(r["method"], r["baseline"]) for r in rows] == [("prpo", "grpo")]
     assert rows[0]["final_greedy"]["p"] == 2 / 32 and rows[0]["by_problem"] == {"only_a": 5, "only_b": 0, "pairs": 20,
                                                                                "p": 2 / 32}
-    assert "| easy | clean | prpo | grpo | 5 | 5 / 0 (0.0625) | 0 / 0 (1) | 5 / 0 (0.0625) |" in markdown_of_tests(rows)
+    assert ("| easy | clean | prpo | grpo | 5 | +25.0 ± 0.0 | 5 / 0 (0.0625) | yes | 0 / 0 (1) | 5 / 0 (0.0625) |"
+            in markdown_of_tests(rows))
+
+
+def test_samples_digest_shows_the_last_step_of_seed_0_and_of_collapsed_runs(tmp_path):
+    def write(seed: int, final: float, responses: dict[int, list[str]]) -> None:
+        folder = tmp_path / "runs" / "easy" / "biased" / "prpo" / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        rows = [{"step": step, "heldout/accuracy": accuracy, "heldout/sampled_accuracy": 0.4, "heldout/length": 30.0,
+                 "heldout/final_answer_rate": 1.0} for step, accuracy in ((0, 0.6), (10, final))]
+        (folder / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        samples = [{"step": step, "response": text, "correct": text.endswith("4"), "reward": 1.0 if text.endswith("4") else -1.0}
+                   for step, texts in responses.items() for text in texts]
+        (folder / "samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in samples))
+
+    write(0, 0.7, {1: ["early"], 10: ["2 + 2 = 4\nAnswer: 4", "2 + 2 = 5\nAnswer: 5"]})
+    write(1, 0.7, {10: ["not shown: seed 1 did not collapse"]})
+    write(2, 0.2, {10: ["= = = = =", "+ + +", "a", "b", "fifth: beyond the 4 shown"]})  # 0.2 < 0.6 / 2
+    text = samples_digest(tmp_path)
+    assert "## easy / biased PRM / prpo" in text
+    assert "seed 0, step 10: final greedy 70%, answers 100%, not collapsed" in text
+    assert "right +1.0  2 + 2 = 4 | Answer: 4" in text and "wrong -1.0  2 + 2 = 5 | Answer: 5" in text
+    assert "early" not in text and "seed 1" not in text and "not shown" not in text
+    assert "seed 2, step 10: final greedy 20%, answers 100%, ended collapsed" in text
+    assert "wrong -1.0  = = = = =" in text and "fifth" not in text
 
 
 def test_learning_rates_are_chosen_by_final_sampled_accuracy_with_ties_to_the_lower(tmp_path, capsys):

@@ -6,16 +6,44 @@
   by problem: right or wrong), a binomial test on the discordant pairs ``b`` (only A) and ``c`` (only B).
 - `ended_collapsed`: the benchmark's registered endpoint, judged at a run's final evaluation
   (docs/bench.md), apart from dips on the way (`prpo.bench.summary.collapse_step`).
+- `mean_ci`, `wilson`: 95% intervals of a mean over seeds (Student t) and of a count (Wilson score).
 - `compare`: every test of method A against method B on one level and PRM quality, paired by seed.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
+
+from prpo.evaluation import accuracy_interval
 
 ENDED_COLLAPSED_ACCURACY = 0.5  # of the level's start (the warm start's greedy accuracy)
 ENDED_COLLAPSED_ANSWER_RATE = 0.5
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (normal beyond the table).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    """Student-t 97.5% quantile for ``df`` degrees of freedom (the nearest tabulated df at or below)."""
+    if df < 1:
+        return math.nan
+    return _T95[max(d for d in _T95 if d <= df)] if df <= 30 else 1.96
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% t-interval over seeds: ``t95(n - 1) * sd / sqrt(n)`` (NaN for one seed)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def wilson(hits: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``hits / n``, as (low, high); NaN for n = 0."""
+    return (math.nan, math.nan) if n == 0 else accuracy_interval(hits, n)
 
 
 def binomial_two_sided(k: int, n: int) -> float:
@@ -57,14 +85,26 @@ def final_correct(run: dict) -> list[bool] | None:
     return None if correct is None else [bool(c) for c in correct]
 
 
+def established(differences: Sequence[float]) -> bool:
+    """The registered verdict on a paired difference (docs/bench.md): every seed's difference has one
+    sign (none zero) and the 95% t-interval of their mean excludes 0."""
+    mean, half = mean_ci(differences) if len(differences) > 1 else (math.nan, math.nan)
+    one_sign = all(d > 0 for d in differences) or all(d < 0 for d in differences)
+    return bool(differences) and one_sign and abs(mean) > half
+
+
 def compare(group_a: list[dict], group_b: list[dict]) -> dict[str, dict]:
-    """Method A against method B, runs paired by seed: the sign test of the final greedy accuracy, McNemar of
-    "ended collapsed" by seed, and McNemar by problem of the final greedy answers (every seed's problems pooled)."""
+    """Method A against method B, runs paired by seed: the final greedy difference A - B (mean, 95%
+    t-interval, sign test, `established`), McNemar of "ended collapsed" by seed, and McNemar by problem of
+    the final greedy answers (every seed's problems pooled)."""
     by_seed = {run["seed"]: run for run in group_b}
     pairs = [(run, by_seed[run["seed"]]) for run in group_a if run["seed"] in by_seed]
+    differences = [a["eval"][-1]["heldout/accuracy"] - b["eval"][-1]["heldout/accuracy"] for a, b in pairs]
+    mean, half = mean_ci(differences) if differences else (math.nan, math.nan)
     out = {
         "seeds": {"n": len(pairs)},
-        "final_greedy": sign_test([a["eval"][-1]["heldout/accuracy"] - b["eval"][-1]["heldout/accuracy"] for a, b in pairs]),
+        "final_greedy": {**sign_test(differences), "mean": mean, "half_width": half,
+                         "established": established(differences)},
         "ended_collapsed": mcnemar([ended_collapsed(a) for a, _ in pairs], [ended_collapsed(b) for _, b in pairs]),
     }
     answers = [(final_correct(a), final_correct(b)) for a, b in pairs]

@@ -18,41 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prpo.bench.runner import EVAL_FILE
-from prpo.bench.stats import compare, ended_collapsed
-from prpo.metrics import METRICS_FILE, CollapseMonitor, read_jsonl
-
-# Two-sided 95% quantiles of Student's t by degrees of freedom (normal beyond the table).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def t95(df: int) -> float:
-    """Student-t 97.5% quantile for ``df`` degrees of freedom (the nearest tabulated df at or below)."""
-    if df < 1:
-        return math.nan
-    return _T95[max(d for d in _T95 if d <= df)] if df <= 30 else 1.96
-
+from prpo.bench.stats import compare, ended_collapsed, mean_ci, wilson
+from prpo.metrics import METRICS_FILE, SAMPLES_FILE, CollapseMonitor, read_jsonl
 
 COLLAPSE_ACCURACY_DROP = 0.15
 COLLAPSE_RELATIVE_DROP = 0.30
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of its 95% t-interval over seeds (half-width NaN for one seed)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def wilson(hits: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``hits / n`` (z = 1.96), as (low, high)."""
-    if n == 0:
-        return math.nan, math.nan
-    z, p = 1.96, hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def load_runs(results: Path) -> dict[tuple[str, str, str], list[dict]]:
@@ -216,17 +186,19 @@ def paired_tests(results: Path) -> list[dict]:
 
 
 def markdown_of_tests(rows: list[dict]) -> str:
-    """The paired exact tests as a table: sign test of the final greedy accuracy (seeds up / down), McNemar of
-    "ended collapsed" by seed (only A / only B), McNemar by problem of the final greedy answers."""
-    lines = ["| level | PRM | A | B | seeds | final greedy A > B / A < B (sign test p) "
-             "| ended collapsed only A / only B (McNemar p) | problems right only A / only B (McNemar p) |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The paired exact tests as a table: the final greedy difference A - B (points, mean ± 95% t-interval,
+    seeds up / down and the sign test's p, and whether it is established by the registered rule), McNemar
+    of "ended collapsed" by seed (only A / only B), McNemar by problem of the final greedy answers."""
+    lines = [("| level | PRM | A | B | seeds | final greedy A - B (points) | A > B / A < B (sign test p) | established "
+              "| ended collapsed only A / only B (McNemar p) | problems right only A / only B (McNemar p) |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         sign, ended = row["final_greedy"], row["ended_collapsed"]
         problem = row.get("by_problem")
         by_problem = "—" if problem is None else f"{problem['only_a']} / {problem['only_b']} ({problem['p']:.3g})"
         lines.append(f"| {row['level']} | {row['quality']} | {row['method']} | {row['baseline']} | {row['seeds']['n']} "
-                     f"| {sign['positive']} / {sign['negative']} ({sign['p']:.3g}) "
+                     f"| {_signed((sign['mean'], sign['half_width']))} "
+                     f"| {sign['positive']} / {sign['negative']} ({sign['p']:.3g}) | {'yes' if sign['established'] else 'no'} "
                      f"| {ended['only_a']} / {ended['only_b']} ({ended['p']:.3g}) | {by_problem} |")
     return "\n".join(lines) + "\n"
 
@@ -356,12 +328,43 @@ def plot_difference(table: dict[str, dict], levels: list[str], path: Path) -> Pa
     return path
 
 
+def samples_digest(results: Path, shown: int = 4) -> str:
+    """What each method learned, from the raw ``samples.jsonl``: per level, PRM quality and method, the last
+    logged training step's first ``shown`` samples of seed 0 and of every run that ended collapsed
+    (right or wrong, reward and the response with its lines joined by `` | ``)."""
+    runs = load_runs(results)
+    lines = ["# Training samples at each run's last logged step", "",
+             "Seed 0 of every method, and every run that ended collapsed (`prpo.bench.stats.ended_collapsed`).", ""]
+    for level in level_order(results, runs):
+        for (run_level, quality, method), group in sorted(runs.items()):
+            if run_level != level:
+                continue
+            lines += [f"## {level} / {quality} PRM / {method}", ""]
+            for run in sorted(group, key=lambda r: r["seed"]):
+                collapsed = ended_collapsed(run)
+                path = results / "runs" / level / quality / method / f"seed-{run['seed']}" / SAMPLES_FILE
+                if not (run["seed"] == 0 or collapsed) or not path.exists():
+                    continue
+                samples = read_jsonl(path)
+                last = [row for row in samples if row["step"] == samples[-1]["step"]][:shown] if samples else []
+                final_eval = run["eval"][-1]
+                lines.append(f"seed {run['seed']}, step {last[0]['step'] if last else '—'}: final greedy "
+                             f"{100 * final_eval['heldout/accuracy']:.0f}%, answers "
+                             f"{100 * final_eval['heldout/final_answer_rate']:.0f}%, "
+                             f"{'ended collapsed' if collapsed else 'not collapsed'}")
+                lines += ["", "```"] + [f"{'right' if row['correct'] else 'wrong'} {row['reward']:+.1f}  "
+                                        + row["response"].replace("\n", " | ") for row in last] + ["```", ""]
+    return "\n".join(lines) + "\n"
+
+
 def write_summary(results: Path) -> Path:
-    """``summary.md`` (table and paired tests), ``summary.json`` (``table``, ``tests``) and the PNG plots in ``results``."""
+    """``summary.md`` (table and paired tests), ``summary.json`` (``table``, ``tests``), ``samples.md``
+    (`samples_digest`) and the PNG plots in ``results``."""
     table = summarise(results)
     tests = paired_tests(results)
     (results / "summary.json").write_text(json.dumps({"table": table, "tests": tests}, indent=2) + "\n")
     plots = plot(results, results, table)
+    (results / "samples.md").write_text(samples_digest(results))
     text = (markdown(table) + "\nPaired exact tests (`prpo.bench.stats`):\n\n" + markdown_of_tests(tests) + "\n"
             + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     path = results / "summary.md"
