@@ -460,6 +460,20 @@ def test_validation_problems_come_from_the_train_split_and_are_kept_out_of_train
         e.problem for e in family.task("train", len(plain_train), level, 1000).examples]
 
 
+def test_the_cpu_preset_runs_each_method_at_its_chosen_rate():
+    from prpo.bench.runner import METHODS, SIZES, effective_learning_rates, matrix
+
+    cpu = SIZES["cpu"]
+    assert effective_learning_rates(cpu, ["grpo", "prpo_sp"]) == {"grpo": 1e-4, "prpo_sp": 5e-5}
+    assert effective_learning_rates(cpu, ["grpo", "prpo_sp"], {"grpo": 2e-4}) == {"grpo": 2e-4, "prpo_sp": 5e-5}
+    assert effective_learning_rates(SIZES["smoke"], ["grpo"]) == {}  # the smoke preset: one rate for all
+    assert set(dict(cpu.method_learning_rates)) == set(METHODS)  # a new method is tuned before it joins the matrix
+    rates = effective_learning_rates(cpu, ["grpo", "process_only"])
+    specs = matrix(cpu, "prpo.bench.arithmetic_family:ARITHMETIC", ["easy"], ["clean"], ["grpo", "process_only"], [0],
+                   Path("unused"), learning_rates=rates)
+    assert [(spec.method, spec.size.learning_rate) for spec in specs] == [("grpo", 1e-4), ("process_only", 5e-5)]
+
+
 def test_bench_with_validation_problems_and_tuned_learning_rates(tmp_path):
     from prpo.commands.bench import main as bench_main
 

@@ -49,7 +49,7 @@ class BenchSize:
     rl_steps: int
     prompts_per_step: int
     num_generations: int
-    learning_rate: float
+    learning_rate: float  # of every method without its own rate in `method_learning_rates`
     eval_every: int
     eval_problems: int
     seeds: int
@@ -61,6 +61,12 @@ class BenchSize:
     warm_learning_rate: float = 3e-3
     k: int = 5
     min_gap: int = 4
+    method_learning_rates: tuple[tuple[str, float], ...] = ()  # (method, rate): rates chosen per method
+
+
+# The rates issue 24's registered rule chose for the cpu preset (validation problems, medium level; docs/bench.md).
+CPU_TUNED_RATES = (("dr_grpo", 1e-4), ("grpo", 1e-4), ("prm_avg", 5e-5), ("process_only", 5e-5), ("prof", 1e-4),
+                   ("prpo", 1e-4), ("prpo_prof", 5e-5), ("prpo_sp", 5e-5), ("prpo_sp_uniform", 5e-5), ("pure", 1e-4))
 
 
 SIZES = {
@@ -69,10 +75,10 @@ SIZES = {
         num_generations=4, learning_rate=1e-3, eval_every=1, eval_problems=4, seeds=2, noise=0.15, jobs=1,
         use_cpu=True,
     ),
-    "cpu": BenchSize(  # the headline matrix on 2 cores in under an hour: 3 levels x 8 methods x 5 seeds, clean PRM
-        policy=POLICY_SIZES["cpu"], warm_problems=6000, warm_epochs=8, rl_steps=15, prompts_per_step=8,
-        num_generations=8, learning_rate=2e-4, eval_every=10, eval_problems=100, seeds=5, noise=0.15, jobs=2,
-        use_cpu=True, warm_batch_size=32,
+    "cpu": BenchSize(  # the tuned headline matrix on 2 cores: 3 levels x 10 methods x 5 seeds, clean PRM (docs/bench.md)
+        policy=POLICY_SIZES["cpu"], warm_problems=6000, warm_epochs=8, rl_steps=30, prompts_per_step=8,
+        num_generations=8, learning_rate=1e-4, eval_every=10, eval_problems=100, seeds=5, noise=0.15, jobs=2,
+        use_cpu=True, warm_batch_size=32, method_learning_rates=CPU_TUNED_RATES,
     ),
     "gpu": BenchSize(  # one H100/H200: 16 runs at once on the GPU, one CPU thread each
         policy=POLICY_SIZES["gpu"], warm_problems=9000, warm_epochs=10, rl_steps=30, prompts_per_step=16,
@@ -236,8 +242,8 @@ def matrix(size: BenchSize, family: str, levels: Sequence[str], qualities: Seque
 
     A method that never reads the PRM (GRPO, Dr. GRPO) runs once, with the clean PRM, whatever the
     qualities: its run is the baseline of every quality. Ordered seed first, so that a matrix cut
-    short holds complete seeds of every level and method. ``learning_rates``: a method's learning
-    rate where it differs from the preset's (a tuned baseline).
+    short holds complete seeds of every level and method. ``learning_rates``: each method's learning
+    rate (`effective_learning_rates`); a method without one runs at the preset's ``learning_rate``.
     """
     from prpo.advantages import get_method
 
@@ -255,6 +261,14 @@ def matrix(size: BenchSize, family: str, levels: Sequence[str], qualities: Seque
                     specs.append(RunSpec(family, level, read, method, seed, str(results / "warmstart"), str(folder),
                                          replace(size, learning_rate=lr), eval_split))
     return specs
+
+
+def effective_learning_rates(size: BenchSize, methods: Sequence[str],
+                             asked: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each method's rate: ``asked`` (the command line) over the preset's `method_learning_rates`, for the
+    methods of the run; a method in neither runs at ``size.learning_rate``."""
+    rates = {method: lr for method, lr in size.method_learning_rates if method in methods}
+    return dict(sorted({**rates, **(asked or {})}.items()))
 
 
 def complete(spec: RunSpec) -> bool:
@@ -288,7 +302,7 @@ def run_bench(size_name: str, results: Path, *, family: str = DEFAULT_FAMILY, le
     Every run starts from the same policy, so levels, PRMs, methods and seeds differ only in RL (the
     seed sets sampling and data order). Rerun into the same ``results`` and the existing warm start
     and every complete run are reused: an interrupted benchmark only runs what is missing.
-    ``learning_rates``: per-method learning rates instead of the preset's; ``eval_split``: held-out
+    ``learning_rates``: per-method learning rates over the preset's; ``eval_split``: held-out
     problems from the test split, or ``validation`` problems from the train split (for choosing
     settings; see `heldout_and_train`).
     """
@@ -308,11 +322,13 @@ def run_bench(size_name: str, results: Path, *, family: str = DEFAULT_FAMILY, le
         if method not in methods or not lr > 0:
             raise ValueError(f"learning rate {method}={lr}: needs a method of this run ({', '.join(methods)}) "
                              "and a rate > 0")
+    learning_rates = effective_learning_rates(size, methods, learning_rates)
     seeds_list = list(range(seeds if seeds is not None else size.seeds))
     jobs = jobs or size.jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    preset = json.loads(json.dumps({**asdict(size), "family": family, "eval_split": eval_split,
-                                    "learning_rates": dict(sorted((learning_rates or {}).items()))}))
+    recorded = {key: value for key, value in asdict(size).items() if key != "method_learning_rates"}
+    preset = json.loads(json.dumps({**recorded, "family": family, "eval_split": eval_split,
+                                    "learning_rates": learning_rates}))
     check_preset(results, preset)
     results.mkdir(parents=True, exist_ok=True)
     specs = matrix(size, family, levels, qualities, methods, seeds_list, results, learning_rates=learning_rates,
