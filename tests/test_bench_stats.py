@@ -121,6 +121,9 @@ def test_samples_digest_shows_the_last_step_of_seed_0_and_of_collapsed_runs(tmp_
     assert "early" not in text and "seed 1" not in text and "not shown" not in text
     assert "seed 2, step 10: final greedy 20%, answers 100%, ended collapsed" in text
     assert "wrong -1.0  = = = = =" in text and "fifth" not in text
+    for path in tmp_path.glob("runs/*/*/*/seed-*/samples.jsonl"):
+        path.unlink()
+    assert samples_digest(tmp_path) == ""  # evaluations and metrics only: nothing to show, nothing written
 
 
 def test_learning_rates_are_chosen_by_final_sampled_accuracy_with_ties_to_the_lower(tmp_path, capsys):

@@ -331,8 +331,10 @@ def plot_difference(table: dict[str, dict], levels: list[str], path: Path) -> Pa
 def samples_digest(results: Path, shown: int = 4) -> str:
     """What each method learned, from the raw ``samples.jsonl``: per level, PRM quality and method, the last
     logged training step's first ``shown`` samples of seed 0 and of every run that ended collapsed
-    (right or wrong, reward and the response with its lines joined by `` | ``)."""
+    (right or wrong, reward and the response with its lines joined by `` | ``). Empty when no run kept
+    its samples (a folder of evaluations and metrics only)."""
     runs = load_runs(results)
+    shown_any = False
     lines = ["# Training samples at each run's last logged step", "",
              "Seed 0 of every method, and every run that ended collapsed (`prpo.bench.stats.ended_collapsed`).", ""]
     for level in level_order(results, runs):
@@ -345,7 +347,7 @@ def samples_digest(results: Path, shown: int = 4) -> str:
                 path = results / "runs" / level / quality / method / f"seed-{run['seed']}" / SAMPLES_FILE
                 if not (run["seed"] == 0 or collapsed) or not path.exists():
                     continue
-                samples = read_jsonl(path)
+                samples, shown_any = read_jsonl(path), True
                 last = [row for row in samples if row["step"] == samples[-1]["step"]][:shown] if samples else []
                 final_eval = run["eval"][-1]
                 lines.append(f"seed {run['seed']}, step {last[0]['step'] if last else '—'}: final greedy "
@@ -354,7 +356,7 @@ def samples_digest(results: Path, shown: int = 4) -> str:
                              f"{'ended collapsed' if collapsed else 'not collapsed'}")
                 lines += ["", "```"] + [f"{'right' if row['correct'] else 'wrong'} {row['reward']:+.1f}  "
                                         + row["response"].replace("\n", " | ") for row in last] + ["```", ""]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if shown_any else ""
 
 
 def write_summary(results: Path) -> Path:
@@ -364,7 +366,9 @@ def write_summary(results: Path) -> Path:
     tests = paired_tests(results)
     (results / "summary.json").write_text(json.dumps({"table": table, "tests": tests}, indent=2) + "\n")
     plots = plot(results, results, table)
-    (results / "samples.md").write_text(samples_digest(results))
+    digest = samples_digest(results)
+    if digest:  # a folder without samples keeps the digest it has
+        (results / "samples.md").write_text(digest)
     text = (markdown(table) + "\nPaired exact tests (`prpo.bench.stats`):\n\n" + markdown_of_tests(tests) + "\n"
             + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     path = results / "summary.md"
