@@ -165,9 +165,10 @@ def summarise(results: Path) -> dict[str, dict]:
 
 
 # Pairs tested in every level and PRM quality: (method, baseline); GRPO reads no PRM, so its clean runs are
-# the baseline of every quality. The first two are the registered primary endpoints (docs/bench.md).
+# the baseline of every quality. The first two are the registered primary endpoints (docs/bench.md); the last is
+# Hypothesis 2's at the hard level.
 COMPARISONS = (("prpo", "grpo"), ("prpo_sp", "prpo"), ("process_only", "grpo"), ("prpo_sp", "grpo"),
-               ("process_only", "prpo"), ("process_only", "prpo_sp"))
+               ("process_only", "prpo"), ("process_only", "prpo_sp"), ("prpo_sp_uniform", "prpo"))
 
 
 def paired_tests(results: Path) -> list[dict]:
