@@ -5,7 +5,9 @@ Layout of a results directory::
     warmstart/                                      the warm-started policy every run starts from
     runs/LEVEL/QUALITY/METHOD/seed-S/metrics.jsonl   PRPOTrainer's per-step metrics
     runs/LEVEL/QUALITY/METHOD/seed-S/eval.jsonl      held-out accuracy every `eval_every` steps
-    bench.json                                      the family, the size preset and the matrix that ran
+    runs/LEVEL/QUALITY/METHOD/seed-S/provenance.json commit, versions, threads, start and end (`prpo.provenance`)
+    bench.json                                      the family, the size preset, the matrix that ran and, per
+                                                    invocation, its provenance with start and end times
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from prpo.bench.policy import PolicySize, load_char_tokenizer
 from prpo.metrics import read_jsonl
 from prpo.prm import load_prm
 from prpo.prm.family import QUALITIES
+from prpo.provenance import PROVENANCE_FILE, now, provenance, record_finish, record_start
 from prpo.tasks.family import load_family
 
 METHODS = tuple(ADVANTAGES)  # every registered advantage method, in registration order
@@ -193,9 +196,10 @@ def run_one(spec: RunSpec, threads: int) -> str:
     level = level_named(family, spec.level)
     out = Path(spec.output_dir)
     if (out / EVAL_FILE).exists():  # a rerun starts the run over, never appends to a half-written one
-        for name in (EVAL_FILE, "metrics.jsonl", "samples.jsonl"):
+        for name in (EVAL_FILE, "metrics.jsonl", "samples.jsonl", PROVENANCE_FILE):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    record_start(out)
     heldout, train = heldout_and_train(family, level, spec)
     prm_spec = prm_spec_of(spec)
     args = PRPOConfig(
@@ -220,6 +224,7 @@ def run_one(spec: RunSpec, threads: int) -> str:
     )
     trainer.remove_callback(PrinterCallback)  # the runner's progress bar reports; metrics go to metrics.jsonl
     trainer.train()
+    record_finish(out)
     return str(out)
 
 
@@ -293,6 +298,12 @@ def check_preset(results: Path, preset: dict) -> None:
                          "choose another --output")
 
 
+def bench_invocations(results: Path) -> list[dict]:
+    """The provenance of every earlier invocation that ran into ``results`` (bench.json's ``provenance``)."""
+    path = results / "bench.json"
+    return json.loads(path.read_text()).get("provenance", []) if path.exists() else []
+
+
 def run_bench(size_name: str, results: Path, *, family: str = DEFAULT_FAMILY, levels: Sequence[str] | None = None,
               qualities: Sequence[str] = ("clean",), methods: Sequence[str] = METHODS, seeds: int | None = None,
               jobs: int | None = None, rl_steps: int | None = None, learning_rates: Mapping[str, float] | None = None,
@@ -333,9 +344,10 @@ def run_bench(size_name: str, results: Path, *, family: str = DEFAULT_FAMILY, le
     results.mkdir(parents=True, exist_ok=True)
     specs = matrix(size, family, levels, qualities, methods, seeds_list, results, learning_rates=learning_rates,
                    eval_split=eval_split)
-    (results / "bench.json").write_text(json.dumps(
-        {"size": size_name, "preset": preset, "levels": levels, "qualities": list(qualities),
-         "methods": list(methods), "seeds": seeds_list, "runs": len(specs)}, indent=2) + "\n")
+    invocations = bench_invocations(results) + [{**provenance(), "started": now(), "finished": None}]
+    record = {"size": size_name, "preset": preset, "levels": levels, "qualities": list(qualities),
+              "methods": list(methods), "seeds": seeds_list, "runs": len(specs), "provenance": invocations}
+    (results / "bench.json").write_text(json.dumps(record, indent=2) + "\n")
     done = [spec for spec in specs if complete(spec)]
     specs = [spec for spec in specs if spec not in done]
     context = multiprocessing.get_context("spawn")
@@ -358,6 +370,8 @@ def run_bench(size_name: str, results: Path, *, family: str = DEFAULT_FAMILY, le
                 bar.set_postfix_str(name)
                 bar.update()
     print(f"benchmark matrix of {len(specs)} runs finished in {time.perf_counter() - start:.0f} s")
+    invocations[-1]["finished"] = now()
+    (results / "bench.json").write_text(json.dumps(record, indent=2) + "\n")
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(specs)} runs failed (rerun into {results} to retry them):\n"
                            + "\n".join(failed))

@@ -20,6 +20,7 @@ from pathlib import Path
 from prpo.bench.runner import EVAL_FILE
 from prpo.bench.stats import compare, ended_collapsed, mean_ci, wilson
 from prpo.metrics import METRICS_FILE, SAMPLES_FILE, CollapseMonitor, read_jsonl
+from prpo.provenance import describe, read_provenance
 
 COLLAPSE_ACCURACY_DROP = 0.15
 COLLAPSE_RELATIVE_DROP = 0.30
@@ -358,6 +359,18 @@ def samples_digest(results: Path, shown: int = 4) -> str:
                 lines += ["", "```"] + [f"{'right' if row['correct'] else 'wrong'} {row['reward']:+.1f}  "
                                         + row["response"].replace("\n", " | ") for row in last] + ["```", ""]
     return "\n".join(lines) + "\n" if shown_any else ""
+
+
+def code_provenance(results: Path) -> tuple[str, list[str]]:
+    """The commit(s) the runs of ``results`` came from (each run folder's provenance.json), and warnings:
+    runs from several commits, with uncommitted changes, or with no provenance at all."""
+    folders = sorted(path.parent for path in (results / "runs").glob(f"*/*/*/seed-*/{EVAL_FILE}"))
+    entries = [entry for folder in folders for entry in read_provenance(folder)]
+    line, warnings = describe(entries)
+    missing = sum(1 for folder in folders if not read_provenance(folder))
+    if missing:
+        warnings.append(f"{missing} of {len(folders)} runs have no provenance.json (written before prpo recorded it)")
+    return line, warnings
 
 
 def write_summary(results: Path) -> Path:

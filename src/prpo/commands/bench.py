@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from prpo.bench.runner import DEFAULT_FAMILY, EVAL_SPLITS, METHODS, SIZES
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from prpo.advantages import get_method
-    from prpo.bench.summary import write_summary
+    from prpo.bench.summary import code_provenance, write_summary
 
     for method in args.methods:
         try:
@@ -87,5 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"prpo bench: {error}") from None
     path = write_summary(args.output)
     print(path.read_text())
+    line, warnings = code_provenance(args.output)
+    print(line)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"results in {args.output}")
     return 0

@@ -2,7 +2,8 @@
 
 Without CONFIG it runs the offline quickstart (configs/quickstart.yaml). Keys override the YAML
 with dotted names (`--task.limit 8`, `--prm.type arithmetic`, `--learning_rate 2e-6`). The
-resolved config is written to `<output_dir>/config.yaml`; the final model to `<output_dir>/final`.
+resolved config is written to `<output_dir>/config.yaml`, the commit, library versions, threads and
+start/end times to `<output_dir>/provenance.json` (`prpo.provenance`); the final model to `<output_dir>/final`.
 With an `eval_task` the policy is evaluated (greedy) on its problems before and after training and
 the before/after table is printed (`eval_before_after: false` skips it); every run ends with the
 report (`curves.png`, `report.html`) in `output_dir`.
@@ -136,6 +137,7 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART) ->
     from trl import get_peft_config, get_quantization_config
 
     from prpo.model_card import ModelCard, header_comment
+    from prpo.provenance import record_finish, record_start
 
     from prpo.training_run import train_and_report
     from prpo.trainer import PRPOTrainer
@@ -155,6 +157,7 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART) ->
     if args.process_index == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        record_start(output_dir)
     trainer = PRPOTrainer(
         path,
         args=args,
@@ -170,6 +173,8 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART) ->
     train_and_report(trainer, eval_task, max_new_tokens=args.max_completion_length,
                      batch_size=args.per_device_eval_batch_size, final_dir=output_dir / "final", resume=resume,
                      card=card)
+    if args.process_index == 0:
+        record_finish(output_dir)
 
 
 def main(argv: list[str]) -> int:
