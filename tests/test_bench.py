@@ -321,9 +321,10 @@ def test_summary_names_a_bad_line(tmp_path):
         summarise(tmp_path)
 
 
-def test_bench_smoke_end_to_end(tmp_path):
+def test_bench_smoke_end_to_end(tmp_path, capsys):
     """The whole pipeline at the smoke size: warm start, RL runs with a clean and a biased PRM, table, plots."""
     from prpo.commands.bench import main as bench_main
+    from prpo.provenance import code_version, read_provenance
 
     argv = ["--size", "smoke", "--output", str(tmp_path), "--methods", "grpo", "prpo", "--seeds", "1",
             "--rl-steps", "3", "--levels", "easy", "--prm", "clean", "biased"]
@@ -345,6 +346,15 @@ def test_bench_smoke_end_to_end(tmp_path):
     assert (tmp_path / "bench-easy.png").exists() and (tmp_path / "bench-prpo-minus-grpo.png").exists()
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert bench["runs"] == 3 and bench["preset"]["rl_steps"] == 3 and bench["levels"] == ["easy"]
+    # Provenance, written by the tool: the invocation in bench.json, each run in its provenance.json.
+    code = code_version()
+    [invocation] = bench["provenance"]
+    assert invocation["commit"] == code["commit"] and invocation["started"] <= invocation["finished"]
+    for run in ("easy/clean/grpo", "easy/clean/prpo", "easy/biased/prpo"):
+        [entry] = read_provenance(tmp_path / "runs" / run / "seed-0")
+        assert entry["commit"] == code["commit"] and entry["dirty"] == code["dirty"]
+        assert entry["torch_threads"] >= 1 and entry["finished"] >= entry["started"] >= invocation["started"]
+    assert (f"code: commit {code['commit'][:12]}" if code["commit"] else "code: no commit recorded") in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--rl-steps must be at least 1"):
         bench_main(["--size", "smoke", "--output", str(tmp_path), "--rl-steps", "0"])
     with pytest.raises(SystemExit, match="family 'arithmetic' has levels easy, medium, hard"):
@@ -358,7 +368,9 @@ def test_bench_smoke_end_to_end(tmp_path):
     assert bench_main(argv[:-2] + ["biased"]) == 0
     assert (kept.read_text(), kept.stat().st_mtime_ns) == before
     # `--prm biased` alone still runs GRPO (with the clean PRM it never reads: the baseline); it was complete.
-    assert json.loads((tmp_path / "bench.json").read_text())["runs"] == 2
+    rerun = json.loads((tmp_path / "bench.json").read_text())
+    assert rerun["runs"] == 2 and len(rerun["provenance"]) == 2  # every invocation is kept
+    assert len(read_provenance(cut.parent)) == 1  # a run started over records its new start only
     assert [json.loads(line)["step"] for line in cut.read_text().splitlines()] == [0, 1, 2, 3]
     with pytest.raises(SystemExit, match="another preset \\(differs in rl_steps\\)"):
         bench_main(argv[:10] + ["4"] + argv[11:])

@@ -56,6 +56,14 @@ def test_tiny_quickstart_writes_metrics_samples_and_held_out_accuracy(tiny_run, 
     assert (tiny_run / "final" / "config.json").is_file()
 
 
+def test_tiny_quickstart_records_its_provenance(tiny_run):
+    from prpo.provenance import code_version, read_provenance
+
+    [entry] = read_provenance(tiny_run)
+    assert entry["commit"] == code_version()["commit"] and entry["versions"]["trl"]
+    assert entry["finished"] >= entry["started"]
+
+
 def test_tiny_quickstart_report_shows_curves_and_scored_segments(tiny_run):
     assert (tiny_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tiny_run / "report.html").read_text()

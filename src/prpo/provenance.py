@@ -27,21 +27,22 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _git(*args: str) -> str | None:
+def _git(folder: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, timeout=30,
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30,
                               check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def code_version() -> dict[str, Any]:
-    """``{"commit", "dirty"}`` of the checkout the ``prpo`` package runs from; both None outside git (a wheel)."""
-    commit = _git("rev-parse", "HEAD")
+def code_version(folder: Path = PACKAGE_DIR) -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the git checkout holding ``folder`` (default: the ``prpo`` package), dirty
+    when a file under ``folder`` differs from the commit or is new; both None outside git (a wheel)."""
+    commit = _git(folder, "rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = _git("status", "--porcelain", "--untracked-files=all", "--", ".")
+    status = _git(folder, "status", "--porcelain", "--untracked-files=all", "--", ".")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
