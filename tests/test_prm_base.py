@@ -47,7 +47,7 @@ def test_score_rejects_mismatched_inputs():
 
 
 def test_load_by_name_mapping_and_files(tmp_path):
-    assert {"arithmetic", "step_tag", "shepherd", "remote", "cached"} <= set(PRM_REGISTRY)
+    assert {"arithmetic", "step_tag", "shepherd", "remote", "cached", "bench_family"} <= set(PRM_REGISTRY.names())
     prm = load_prm("arithmetic")
     assert isinstance(prm, ProcessRewardModel) and isinstance(prm, ArithmeticPRM)
 
@@ -81,11 +81,34 @@ def test_load_errors_are_clear(tmp_path):
 
 
 def test_prm_package_imports_no_layer_above_it():
-    """`prpo.prm` registers every PRM type, ``bench_family`` included, without importing `prpo.bench`."""
-    code = ("import sys, prpo.prm; print([m for m in sys.modules if m.startswith('prpo.bench')]); "
+    """`prpo.prm` knows every PRM type and loads ``bench_family`` without importing `prpo.bench`."""
+    code = ("import sys, prpo.prm; prpo.prm.PRM_REGISTRY.lookup('bench_family'); "
+            "print([m for m in sys.modules if m.startswith('prpo.bench')]); "
             "print('bench_family' in prpo.prm.PRM_REGISTRY)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["[]", "True"]
+
+def test_the_core_loads_without_transformers_or_trl():
+    """What another trainer needs (advantages, segmentation, filters, registries, the PRM protocol and the
+    HTTP client) imports with torch, httpx and PyYAML alone; an adapter loads its libraries when named."""
+    core = "prpo.advantages prpo.segmentation prpo.filters prpo.registry prpo.prm prpo.prm.base prpo.prm.remote"
+    heavy = ["transformers", "trl", "accelerate", "datasets", "prpo.tasks", "prpo.trainer"]
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {core.split()!r}]; "
+            f"print([m for m in {heavy!r} if m in sys.modules]); "
+            "import prpo.prm; prpo.prm.load_prm({'type': 'remote', 'url': 'http://127.0.0.1:1'}); "
+            f"print([m for m in {heavy!r} if m in sys.modules]); "
+            "prpo.prm.PRM_REGISTRY.lookup('step_tag'); print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split("\n")[:3] == ["[]", "[]", "True"]
+
+
+def test_a_lazy_builtin_name_cannot_be_taken_before_it_loads():
+    code = ("import prpo.prm.base as b\n"
+            "class P:\n    Config = __import__('dataclasses').make_dataclass('C', [])\n"
+            "try:\n    b.register_prm('shepherd')(P)\nexcept ValueError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "PRM type 'shepherd' is already registered"
+
 
 def test_a_second_prm_type_of_a_taken_name_is_refused():
     class Other:
@@ -108,7 +131,7 @@ def test_example_configs_are_valid(path):
     data = dict(read_config_file(path))
     while True:
         kind = data.pop("type")
-        config = build_config(PRM_REGISTRY[kind].Config, data, where=str(path))
+        config = build_config(PRM_REGISTRY.lookup(kind).Config, data, where=str(path))
         if kind != "cached":
             break
         data = dict(config.prm)

@@ -54,15 +54,16 @@ def load_task_section(section: TaskConfig, key: str):
 
 def check_prm_spec(spec: dict) -> None:
     """Validate a PRM spec against its adapter's Config without loading any weights."""
-    from prpo.prm import PRM_REGISTRY, PRMError
-    from prpo.prm.base import build_config
+    from prpo.prm.base import PRM_REGISTRY, PRMError, build_config
 
     kind = spec.get("type")
-    if kind not in PRM_REGISTRY:
-        raise ConfigError("prm.type", f"unknown PRM type {kind!r}; known: {', '.join(sorted(PRM_REGISTRY))}")
+    try:
+        entry = PRM_REGISTRY.lookup(kind)
+    except ValueError as err:
+        raise ConfigError("prm.type", str(err)) from None
     fields = {k: v for k, v in spec.items() if k != "type"}
     try:
-        build_config(PRM_REGISTRY[kind].Config, fields, where=f"prm (type {kind!r})")
+        build_config(entry.Config, fields, where=f"prm (type {kind!r})")
     except PRMError as err:
         raise ConfigError("prm", str(err)) from err
 

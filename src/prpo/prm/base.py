@@ -2,7 +2,7 @@
 
 A process reward model scores every segment of every response:
 `score(problems, segments)[i][j] in [0, 1]` reads "the reasoning of response i up to and
-including segment j is correct" (ALGORITHM.md section 3). Adapters register themselves by name
+including segment j is correct" (docs/algorithm.md section 3). Adapters register themselves by name
 with a dataclass config, so `load_prm({"type": name, **fields})` can reject a bad field by name.
 """
 
@@ -103,7 +103,11 @@ class PRMType:
             raise TypeError(f"PRM type {self.name!r} needs a dataclass `Config` to be registered")
 
 
-PRM_REGISTRY: Registry[PRMType] = Registry("PRM type")
+# The built-in adapters, imported when first named: the Hugging Face ones load transformers, the
+# remote client httpx; `prpo.prm.base` itself needs neither.
+BUILTIN_PRMS = {"arithmetic": "prpo.prm.arithmetic", "bench_family": "prpo.prm.family", "cached": "prpo.prm.cached",
+                "remote": "prpo.prm.remote", "shepherd": "prpo.prm.shepherd", "step_tag": "prpo.prm.step_tag"}
+PRM_REGISTRY: Registry[PRMType] = Registry("PRM type", lazy=BUILTIN_PRMS)
 
 
 def register_prm(name: str) -> Callable[[type], type]:
@@ -128,10 +132,8 @@ def load_prm(spec: str | Path | Mapping[str, Any]) -> ProcessRewardModel:
     `load_prm("arithmetic")`, `load_prm({"type": "step_tag", "model": "Qwen/Qwen2.5-Math-PRM-7B"})`,
     `load_prm("configs/prm/qwen_prm_7b.yaml")`. An unknown type or field raises PRMError naming it.
     """
-    import prpo.prm  # noqa: F401  (registers the built-in adapters)
-
     source = "config"
-    if isinstance(spec, Path) or (isinstance(spec, str) and spec not in PRM_REGISTRY and _looks_like_file(spec)):
+    if isinstance(spec, Path) or (isinstance(spec, str) and spec not in PRM_REGISTRY.names() and _looks_like_file(spec)):
         source = str(spec)
         spec = read_config_file(Path(spec))
     if isinstance(spec, str):
