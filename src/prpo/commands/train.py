@@ -19,11 +19,13 @@ from prpo.config import ConfigError
 from prpo.run_config import RunConfig, TaskConfig, load_config
 from prpo.models import SMOLLM2_ALIAS, cache_root, smollm2_gguf
 
-QUICKSTART = Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml"
+BUNDLED = Path(__file__).resolve().parents[1] / "configs"  # package data; `configs/` in a checkout links here
+QUICKSTART = BUNDLED / "quickstart.yaml"
 FLAGS = {"--dry-run", "--resume"}
-USAGE = """usage: prpo train [CONFIG.yaml] [--key value ...] [--dry-run] [--resume]
+USAGE = f"""usage: prpo train [CONFIG.yaml | NAME] [--key value ...] [--dry-run] [--resume]
 
   CONFIG.yaml   run config (default: configs/quickstart.yaml, the offline SmolLM2 arithmetic run)
+  NAME          a config shipped with prpo, by file name without .yaml: {", ".join(sorted(p.stem for p in BUNDLED.glob("*.yaml")))}
   --key value   override a config key; dotted keys reach into sections (--task.limit 8)
   --dry-run     validate the config, build the task, PRM spec and model path, print the resolved
                 config and exit (no weights are loaded); offline, it lists the hub datasets and
@@ -37,6 +39,14 @@ def _split_argv(argv: list[str]) -> tuple[str | None, set[str], list[str]]:
     rest = argv[1:] if config is not None else argv
     flags = {a for a in rest if a in FLAGS}
     return config, flags, [a for a in rest if a not in FLAGS]
+
+
+def config_path(argument: str | None) -> Path:
+    """The config file: the quickstart without an argument, a shipped config by its name, else the path given."""
+    if argument is None:
+        return QUICKSTART
+    bundled = BUNDLED / f"{argument}.yaml"
+    return bundled if not Path(argument).exists() and "/" not in argument and bundled.is_file() else Path(argument)
 
 
 def load_task_section(section: TaskConfig, key: str):
@@ -182,13 +192,14 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
-    path, flags, overrides = _split_argv(list(argv))
+    argument, flags, overrides = _split_argv(list(argv))
     try:
-        config = load_config(path or QUICKSTART, overrides)
+        path = config_path(argument)
+        config = load_config(path, overrides)
         if "--dry-run" in flags:
             dry_run(config)
             return 0
-        train(config, resume="--resume" in flags, config_file=Path(path or QUICKSTART))
+        train(config, resume="--resume" in flags, config_file=path)
     except ConfigError as err:
         print(f"prpo train: error: {err}", file=sys.stderr)
         return 1
