@@ -99,7 +99,7 @@ def test_hand_computed_group_keeps_the_consistent_ones_and_grpo_runs_on_them():
 
 
 @pytest.mark.parametrize(("n_correct", "n_wrong", "remove", "expected"), [
-    (5, 3, 4, (3, 1)),  # ALGORITHM.md's example: (2 + 4) / 2 = 3 -> keep 2 correct and 2 wrong
+    (5, 3, 4, (3, 1)),  # docs/algorithm.md's example (s.8): (2 + 4) / 2 = 3 -> keep 2 correct and 2 wrong
     (4, 4, 3, (2, 1)),  # (0 + 3) / 2 = 1.5 -> 2 (half to even)
     (5, 3, 3, (2, 1)),  # (2 + 3) / 2 = 2.5 -> 2 (half to even, not 3)
     (6, 2, 3, (3, 0)),  # (4 + 3) / 2 = 3.5 -> 4, min(r = 3, 4) = 3

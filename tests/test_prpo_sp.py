@@ -1,4 +1,4 @@
-"""Sign-preserving PRPO (ALGORITHM.md s.9): every property the section lists, hand values, and the per-row reference.
+"""Sign-preserving PRPO (docs/algorithm.md s.9): every property the section lists, hand values, and the per-row reference.
 
 ``A[i, t] = beta_i + clip(Z[i, t], -|beta_i|, |beta_i|)``; in a group whose outcomes are all equal,
 ``A = uniform_group_scale * Z``.

@@ -292,7 +292,7 @@ def check_metrics(run: Run) -> None:
 
 
 def process_z(args: PRPOConfig, e: Expected, keep: torch.Tensor) -> torch.Tensor:
-    """Z of ALGORITHM.md s.4 on the ``keep`` rows, written out: fixed prior, or the group's token mean and population std."""
+    """Z of docs/algorithm.md s.4 on the ``keep`` rows, written out: fixed prior, or the group's token mean and population std."""
     scores = e.token_scores.double()
     if args.normalization == "fixed_prior":
         return torch.where(e.mask, (scores - args.mu0) / args.sigma0, 0.0)

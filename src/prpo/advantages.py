@@ -1,4 +1,4 @@
-"""Token-level advantages for PRPO and its baselines (ALGORITHM.md section 4).
+"""Token-level advantages for PRPO and its baselines (docs/algorithm.md section 4).
 
 Every method maps the same inputs -- outcome rewards ``R[B]``, prompt ids ``group_ids[B]``,
 the response mask ``M[B, T]`` and, for process methods, token scores ``P[B, T]`` and segment ids
@@ -25,9 +25,9 @@ from prpo.registry import Registry, keyword_options
 from prpo.segmentation import response_lengths
 
 
-# Defaults shared by the methods, the config and the reference (ALGORITHM.md s.4), written once here.
+# Defaults shared by the methods, the config and the reference (docs/algorithm.md s.4), written once here.
 MU0 = 0.5  # fixed_prior location of the PRM score
-SIGMA0 = math.sqrt(1 / 24)  # fixed_prior scale: the std of a uniform score on [0, 1]
+SIGMA0 = math.sqrt(1 / 24)  # fixed_prior scale, the paper's (~0.2041, so |Z| <= 2.449); docs/algorithm.md s.4
 EPS = 1e-6  # added to standard deviations
 CORRECT_REWARD = 1.0  # outcome reward R of a correct answer
 WRONG_REWARD = -1.0  # outcome reward R of a wrong or missing answer
@@ -313,7 +313,7 @@ def prpo(
 @register_advantage("prpo_sp", uses_prm=True)
 def prpo_sp(inputs: AdvantageInputs, *, normalization: str = "fixed_prior", mu0: float = MU0, sigma0: float = SIGMA0,
             outcome_scale: str = "none", eps: float = EPS, uniform_group_scale: float = 0.0) -> AdvantageResult:
-    """Sign-preserving PRPO (this project's proposal, ALGORITHM.md s.9; not in the paper):
+    """Sign-preserving PRPO (this project's proposal, docs/algorithm.md s.9; not in the paper):
     ``A[i, t] = beta_i + clip(Z[i, t], -|beta_i|, |beta_i|)``.
 
     ``Z`` and ``beta`` are PRPO's (same options). The outcome sets every token's sign and the PRM only
@@ -346,7 +346,7 @@ def prpo_sp(inputs: AdvantageInputs, *, normalization: str = "fixed_prior", mu0:
 @register_advantage("process_only", uses_prm=True)
 def process_only(inputs: AdvantageInputs, *, normalization: str = "fixed_prior", mu0: float = MU0,
                  sigma0: float = SIGMA0, eps: float = EPS) -> AdvantageResult:
-    """Process only: ``A[i, t] = Z[i, t]`` (beta = 0), the setting of Hypothesis 1 (ALGORITHM.md s.6)."""
+    """Process only: ``A[i, t] = Z[i, t]`` (beta = 0), the setting of Hypothesis 1 (docs/algorithm.md s.6)."""
     return AdvantageResult(process_advantage(
         inputs.scores("process_only"), inputs.mask, inputs.group_ids,
         normalization=normalization, mu0=mu0, sigma0=sigma0, eps=eps,
@@ -431,7 +431,7 @@ def pure(
 # prpo.filters.consistency, keep G/2 by default). `prof` is the paper's PROF-GRPO; `prpo_prof` is PRPO + PROF.
 register_advantage("prof", uses_prm=True, filter="consistency")(grpo)
 register_advantage("prpo_prof", uses_prm=True, filter="consistency")(prpo)
-# Sign-preserving PRPO with PRPO's process-only signal in all-same groups (ALGORITHM.md s.9, lambda = 1).
+# Sign-preserving PRPO with PRPO's process-only signal in all-same groups (docs/algorithm.md s.9, lambda = 1).
 register_advantage("prpo_sp_uniform", uses_prm=True, fixed={"uniform_group_scale": 1.0})(prpo_sp)
 
 

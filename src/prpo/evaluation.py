@@ -1,6 +1,6 @@
 """Benchmark evaluation the way the field reports it: greedy pass@1, mean@N and unbiased pass@k.
 
-    task = load_task("math500", data_file="../shared/data/math500.jsonl")
+    task = load_task("math500", data_file="data/math500.jsonl")  # a local copy of the file
     result = evaluate_model(model, tokenizer, task, max_new_tokens=1024)
     result.summary["accuracy"], result.records[0]["extracted_answer"]
 

@@ -129,7 +129,7 @@ def consistency(
     min_steps: int = 2,
     max_steps: int = 30,
 ) -> FilterResult:
-    """PROF's process consistency filter (Ye et al., arXiv 2509.03403), ALGORITHM.md section 8.
+    """PROF's process consistency filter (Ye et al., arXiv 2509.03403), docs/algorithm.md section 8.
 
     Consistency of response i with step scores ``s_i1..s_iJ`` and outcome ``o_i`` (1 correct, 0 wrong):
     ``c_i = mean_j (2 s_ij - 1) (2 o_i - 1)``, minus ``step_penalty`` when ``J < min_steps`` or

@@ -25,7 +25,7 @@ FINAL_ANSWER_KEY = "final_answer_rate"
 
 
 class CollapseMonitor:
-    """Collapse signal: ALGORITHM.md section 6's premature collapse, and its mirror image under a gamed PRM.
+    """Collapse signal: docs/algorithm.md section 6's premature collapse, and its mirror image under a gamed PRM.
 
     Baseline: the mean response length and final-answer rate of the first ``window`` steps. The
     signal fires when, over the last ``window`` steps, the final-answer rate has fallen below

@@ -1,4 +1,4 @@
-"""Straightforward per-row implementations of ALGORITHM.md sections 2, 4, 8 and 9, in plain Python.
+"""Straightforward per-row implementations of docs/algorithm.md sections 2, 4, 8 and 9, in plain Python.
 
 They follow the text line by line, with no vectorisation, and exist to check the fast
 implementations in ``prpo.segmentation``, ``prpo.advantages`` and ``prpo.filters`` (tests, benchmarks).
@@ -16,7 +16,7 @@ from prpo.segmentation import K, MIN_GAP
 
 
 def entropy_segments_row(entropy: Sequence[float], length: int, k: int = K, min_gap: int = MIN_GAP) -> list[int]:
-    """Segment ids of one response of ``length`` valid tokens (ALGORITHM.md s.2, steps 1-4)."""
+    """Segment ids of one response of ``length`` valid tokens (docs/algorithm.md s.2, steps 1-4)."""
     candidates = list(range(min_gap, length - min_gap + 1))
     accepted: list[int] = []
     for t in sorted(candidates, key=lambda t: (-entropy[t], t)):
@@ -63,7 +63,7 @@ def prpo_advantages_rows(
 def prpo_sp_advantages_rows(rewards: Sequence[float], groups: Sequence[int], segment_scores: Sequence[Sequence[float]],
                             segment_ids: Sequence[Sequence[int]], mu0: float = MU0, sigma0: float = SIGMA0,
                             uniform_group_scale: float = 0.0) -> list[list[float]]:
-    """Sign-preserving PRPO (ALGORITHM.md s.9), per row: ``A = beta + min(max(Z, -|beta|), |beta|)`` with PRPO's
+    """Sign-preserving PRPO (docs/algorithm.md s.9), per row: ``A = beta + min(max(Z, -|beta|), |beta|)`` with PRPO's
     fixed-prior Z and beta; in a group where every beta is 0, ``A = uniform_group_scale * Z``."""
     betas = outcome_locations(rewards, groups)
     silent = {g for g in groups if all(b == 0 for b, h in zip(betas, groups) if h == g)}
@@ -88,7 +88,7 @@ def pure_advantages_rows(
     wrong_reward: float = WRONG_REWARD,
     separator_ends: bool = False,
 ) -> list[list[float]]:
-    """PURE (arXiv 2504.15275) with the token baseline, per row: ALGORITHM.md s.4 line by line.
+    """PURE (arXiv 2504.15275) with the token baseline, per row: docs/algorithm.md s.4 line by line.
 
     ``x_j = softmax_j(-r / tau)_j r_j`` with ``r_j = 2 s_j - 1`` at the last token of step j, minus
     ``b_i n_j`` (``b_i`` = the other group members' summed x over their summed lengths); the outcome
@@ -130,7 +130,7 @@ def consistency_filter_rows(
     min_steps: int = 2,
     max_steps: int = 30,
 ) -> list[bool]:
-    """PROF's consistency filter (ALGORITHM.md s.8), group by group: which rollouts are kept."""
+    """PROF's consistency filter (docs/algorithm.md s.8), group by group: which rollouts are kept."""
     consistency = []
     for ok, scores in zip(correct, segment_scores):
         c = sum((2 * s - 1) * (1 if ok else -1) for s in scores) / len(scores)

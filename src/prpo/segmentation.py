@@ -1,4 +1,4 @@
-"""Token entropy and response segmentation (ALGORITHM.md sections 1-2).
+"""Token entropy and response segmentation (docs/algorithm.md sections 1-2).
 
 Segment ids are a LongTensor[B, T]: ``0..r`` on the valid tokens of a row, ``-1`` on padding.
 Every segmenter here returns that format, so the PRM and the advantages never care which one
@@ -17,7 +17,7 @@ from torch import Tensor
 from prpo.registry import Registry, keyword_options
 
 
-# Segmenter defaults (ALGORITHM.md s.2), written once here: the registry's options and the config read them.
+# Segmenter defaults (docs/algorithm.md s.2), written once here: the registry's options and the config read them.
 K = 5  # entropy segmenter: at most k spikes
 MIN_GAP = 10  # entropy segmenter: spikes at least min_gap tokens apart (and from the ends)
 MARKER = "\n\n"  # marker segmenter: a new step after each marker
@@ -88,7 +88,7 @@ def _ids_from_boundaries(boundaries: Tensor, mask: Tensor) -> Tensor:
 
 
 def entropy_segments(entropy: Tensor, mask: Tensor, k: int = K, min_gap: int = MIN_GAP) -> Tensor:
-    """Cut each response at up to ``k`` entropy spikes at least ``min_gap`` apart (ALGORITHM.md s.2).
+    """Cut each response at up to ``k`` entropy spikes at least ``min_gap`` apart (docs/algorithm.md s.2).
 
     Candidates are ``m <= t <= L_i - m``; they are accepted greedily by decreasing entropy (ties to
     the smaller t) when ``|t - b| >= m`` for every accepted ``b``. A spike token starts a new
@@ -240,7 +240,7 @@ def scores_to_tokens(scores: Sequence[Sequence[float]] | Tensor, segment_ids: Te
     """Broadcast per-segment scores to tokens: ``P[i, t] = s[i, S[i, t]]``, 0 on padding.
 
     ``scores`` is one list per row with exactly one score per segment (else a clear error,
-    ALGORITHM.md s.3), or a padded Tensor[B, K] whose columns past a row's segment count are ignored.
+    docs/algorithm.md s.3), or a padded Tensor[B, K] whose columns past a row's segment count are ignored.
     """
     counts = num_segments(segment_ids).tolist()
     if len(scores) != len(counts):

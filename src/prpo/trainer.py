@@ -1,6 +1,6 @@
 """`PRPOTrainer`: TRL's `GRPOTrainer` with token-level advantages from entropy segments and a PRM.
 
-One step (ALGORITHM.md): generate G responses per prompt (TRL), grade each against its own gold
+One step (docs/algorithm.md): generate G responses per prompt (TRL), grade each against its own gold
 answer (`prpo.rewards.OutcomeReward`, a TRL reward function), take the sampling policy's per-token entropy,
 segment, score the segments with the PRM, compute ``A[B, T]`` with the configured method of
 `prpo.advantages`, and hand it to TRL's loss, which takes (B, T) advantages as they are. Rollouts,

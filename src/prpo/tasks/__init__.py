@@ -1,6 +1,6 @@
 """Tasks: prompts + gold answers + a grader + a prompt template, loaded by name.
 
-    task = load_task("math500", data_file="../shared/data/math500.jsonl")
+    task = load_task("math500", data_file="data/math500.jsonl")  # a local copy of the file
     dataset = task.to_dataset()          # columns prompt, problem, answer, prompt_id (for TRL)
     task.grader(response, task.examples[0].answer)
 

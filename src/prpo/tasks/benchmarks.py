@@ -1,7 +1,8 @@
 """MATH (train, and MATH500 as its test split), GSM8K, AIME 2024 and AMC 2023, graded by math-verify.
 
 Each loads a local file (`data_file=`), a hub dataset (`dataset_id=`), or by default its file under
-`data_dir` / `$PRPO_DATA_DIR` (the names of ../shared/data) and else its usual hub dataset.
+`data_dir` / `$PRPO_DATA_DIR` (named as in the `*_SOURCES` tables below, e.g. `math500.jsonl`)
+and else its usual hub dataset.
 A malformed row is an error naming its location; `skip_bad_rows=True` drops such rows with a
 warning instead (the MATH training file has 2 problems with an empty answer).
 """
