@@ -7,7 +7,7 @@ STAMP := $(VENV)/.prpo-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow speed clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
-bench: $(STAMP)
+speed: $(STAMP)  # the advantage kernels' speed benchmark (speed/); `prpo bench` is the methods' benchmark
 	$(PY) speed/bench_advantages.py
 
 clean:

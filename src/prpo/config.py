@@ -21,7 +21,9 @@ import torch
 from transformers.trainer_utils import SchedulerType
 from trl import GRPOConfig
 
-from prpo.advantages import CORRECT_REWARD, EPS, MU0, SIGMA0, WRONG_REWARD
+from prpo.advantages import ADVANTAGES, CORRECT_REWARD, EPS, MU0, SIGMA0, WRONG_REWARD, get_method
+from prpo.filters import FILTERS, get_filter
+from prpo.metrics import COLLAPSE_DROP, COLLAPSE_WINDOW
 from prpo.segmentation import K, MARKER, MIN_GAP, SEGMENT_LENGTH, SEGMENTERS, get_segmenter
 from prpo.typecheck import has_type, type_name
 
@@ -99,9 +101,9 @@ class PRPOConfig(GRPOConfig):
     eval_before_after: bool = field(
         default=True, metadata={"help": "`prpo train`: greedy accuracy on eval_task before and after training."}
     )
-    collapse_window: int = field(default=5, metadata={"help": "Steps averaged for the collapse warning."})
+    collapse_window: int = field(default=COLLAPSE_WINDOW, metadata={"help": "Steps averaged for the collapse warning."})
     collapse_drop: float = field(
-        default=0.3, metadata={"help": "Warn when the final-answer rate fell and the length moved by this fraction."}
+        default=COLLAPSE_DROP, metadata={"help": "Warn when the final-answer rate fell and the length moved by this fraction."}
     )
     # TRL defaults changed to the paper's settings.
     beta: float = field(default=0.001, metadata={"help": "KL coefficient (k3 estimator, frozen initial model)."})
@@ -150,12 +152,10 @@ class PRPOConfig(GRPOConfig):
             check(self)
 
     def advantage_kwargs(self) -> dict[str, Any]:
-        """Options for `compute_advantages(self.method, ...)`: the shared fields the method takes, then extras.
+        """Options of the advantage method (`prpo.advantages.run_advantages`): the shared fields it takes, then extras.
 
         ``separator_ends`` comes from the segmenter's registry entry (PURE zeroes separator tokens).
         """
-        from prpo.advantages import get_method
-
         takes = get_method(self.method).options()
         shared = {
             "normalization": self.normalization,
@@ -174,16 +174,11 @@ class PRPOConfig(GRPOConfig):
         return {name: getattr(self, name) for name in get_segmenter(self.segmenter).options() if hasattr(self, name)}
 
     def uses_prm(self) -> bool:
-        from prpo.advantages import get_method
-        from prpo.filters import get_filter
-
         spec = self.filter_spec()
         return get_method(self.method).uses_prm or (spec is not None and get_filter(spec[0]).uses_prm)
 
     def filter_spec(self) -> tuple[str, dict[str, Any]] | None:
         """The rollout filter's name and options: the `filter` key, else the method's preset filter, else None."""
-        from prpo.advantages import get_method
-
         if self.filter is not None:
             return self.filter["type"], {k: v for k, v in self.filter.items() if k != "type"}
         preset = get_method(self.method).filter
@@ -228,8 +223,6 @@ def _check_types(args: PRPOConfig) -> None:
 
 def _check_registered(args: PRPOConfig) -> None:
     """`method` and `segmenter` name registered entries (one registered later is accepted too)."""
-    from prpo.advantages import ADVANTAGES
-
     for key, registry in (("method", ADVANTAGES), ("segmenter", SEGMENTERS)):
         value = getattr(args, key)
         if value not in registry:
@@ -254,8 +247,6 @@ def _check_ranges(args: PRPOConfig) -> None:
 
 
 def _check_advantage_options(args: PRPOConfig) -> None:
-    from prpo.advantages import get_method
-
     takes = get_method(args.method).options()
     for key in args.advantage_options:
         if key in SHARED_OPTIONS:
@@ -374,8 +365,6 @@ def _check_trl_options(args: PRPOConfig) -> None:
 
 def _check_filter(args: PRPOConfig) -> None:
     """`filter` names a registered filter, takes only its options, with their types; 1 <= keep <= num_generations."""
-    from prpo.filters import FILTERS
-
     if args.filter is None:
         return
     if "type" not in args.filter:

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 LENGTH_KEY = "completions/mean_length"
+COLLAPSE_WINDOW = 5  # steps averaged by the collapse warning (PRPOConfig.collapse_window)
+COLLAPSE_DROP = 0.3  # relative fall of the answer rate and move of the length (PRPOConfig.collapse_drop)
 FINAL_ANSWER_KEY = "final_answer_rate"
 
 
@@ -34,7 +36,7 @@ class CollapseMonitor:
     well, seen in docs/bench.md's biased-PRM runs).
     """
 
-    def __init__(self, window: int = 5, drop: float = 0.3):
+    def __init__(self, window: int = COLLAPSE_WINDOW, drop: float = COLLAPSE_DROP):
         self.window, self.drop = window, drop
         self.lengths: list[float] = []
         self.answer_rates: list[float] = []
@@ -99,7 +101,7 @@ def truncate_after_step(path: Path, step: int) -> None:
 class RunFiles(TrainerCallback):
     """Writes `metrics.jsonl` and `samples.jsonl` in the run directory (main process only)."""
 
-    def __init__(self, output_dir: str | Path, *, collapse_window: int = 5, collapse_drop: float = 0.3):
+    def __init__(self, output_dir: str | Path, *, collapse_window: int = COLLAPSE_WINDOW, collapse_drop: float = COLLAPSE_DROP):
         self.dir = Path(output_dir)
         self.monitor = CollapseMonitor(collapse_window, collapse_drop)
         self.collapse_warned = False

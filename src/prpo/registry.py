@@ -1,5 +1,5 @@
-"""Named registries: advantage methods, segmenters, rollout filters, PRM types, PRM score modes and
-task sources are chosen by name from one of these.
+"""Named registries: advantage methods, segmenters, rollout filters, PRM types, the arithmetic PRM's
+reference parsers, tasks and prompt templates are each chosen by name from one of these.
 
 Every registry refuses a duplicate name, names the known ones on a miss, and reads an entry's options
 from the keyword-only parameters of its function (so a typo in an option is an error, never ignored).

@@ -31,7 +31,7 @@ from prpo.bench.policy import SIZES as POLICY_SIZES
 from prpo.bench.policy import PolicySize, load_char_tokenizer
 from prpo.metrics import read_jsonl
 from prpo.prm import load_prm
-from prpo.prm.family import QUALITIES
+from prpo.prm.family import NOISE, QUALITIES
 from prpo.provenance import PROVENANCE_FILE, now, provenance, record_finish, record_start
 from prpo.tasks.family import load_family
 
@@ -75,17 +75,17 @@ CPU_TUNED_RATES = (("dr_grpo", 1e-4), ("grpo", 1e-4), ("prm_avg", 5e-5), ("proce
 SIZES = {
     "smoke": BenchSize(  # a seconds-long end-to-end check of the whole pipeline (tests, CI)
         policy=POLICY_SIZES["smoke"], warm_problems=48, warm_epochs=1, rl_steps=2, prompts_per_step=2,
-        num_generations=4, learning_rate=1e-3, eval_every=1, eval_problems=4, seeds=2, noise=0.15, jobs=1,
+        num_generations=4, learning_rate=1e-3, eval_every=1, eval_problems=4, seeds=2, noise=NOISE, jobs=1,
         use_cpu=True,
     ),
     "cpu": BenchSize(  # the tuned headline matrix on 2 cores: 3 levels x 10 methods x 5 seeds, clean PRM (docs/bench.md)
         policy=POLICY_SIZES["cpu"], warm_problems=6000, warm_epochs=8, rl_steps=30, prompts_per_step=8,
-        num_generations=8, learning_rate=1e-4, eval_every=10, eval_problems=100, seeds=5, noise=0.15, jobs=2,
+        num_generations=8, learning_rate=1e-4, eval_every=10, eval_problems=100, seeds=5, noise=NOISE, jobs=2,
         use_cpu=True, warm_batch_size=32, method_learning_rates=CPU_TUNED_RATES,
     ),
     "gpu": BenchSize(  # one H100/H200: 16 runs at once on the GPU, one CPU thread each
         policy=POLICY_SIZES["gpu"], warm_problems=9000, warm_epochs=10, rl_steps=30, prompts_per_step=16,
-        num_generations=8, learning_rate=1e-4, eval_every=10, eval_problems=200, seeds=5, noise=0.15, jobs=16,
+        num_generations=8, learning_rate=1e-4, eval_every=10, eval_problems=200, seeds=5, noise=NOISE, jobs=16,
         use_cpu=False, warm_batch_size=128, warm_learning_rate=2e-3,
     ),
 }
@@ -109,17 +109,18 @@ class RunSpec:
 class HeldOutEval(TrainerCallback):
     """Held-out accuracy every ``every`` steps, greedy and sampled (temperature 1, the policy RL optimises).
 
-    Step 0 is the warm start itself, the same for every method and seed of a level: ``start`` caches
-    its row, computed by the first run that needs it (sampling is seeded by the step, so it is the row
-    every run would compute).
+    Step 0 is the warm start itself, the same for every method and seed of a level: ``step0_cache`` is
+    a file that holds its row, written by the first run that needs it (sampling is seeded by the step,
+    so it is the row every run would compute) and read by the others.
     """
 
-    def __init__(self, path: Path, task, every: int, max_new_tokens: int, start: Path | None = None):
-        self.path, self.task, self.every, self.max_new_tokens, self.start = path, task, every, max_new_tokens, start
+    def __init__(self, path: Path, task, every: int, max_new_tokens: int, step0_cache: Path | None = None):
+        self.path, self.task, self.every, self.max_new_tokens = path, task, every, max_new_tokens
+        self.step0_cache = step0_cache
 
     def evaluate(self, model, tokenizer, step: int) -> None:
-        if step == 0 and self.start is not None and self.start.exists():
-            self._append(json.loads(self.start.read_text()))
+        if step == 0 and self.step0_cache is not None and self.step0_cache.exists():
+            self._append(json.loads(self.step0_cache.read_text()))
             return
         from prpo.evaluation import evaluate_model
 
@@ -134,10 +135,10 @@ class HeldOutEval(TrainerCallback):
                "heldout/final_answer_rate": 1 - summary["no_final_answer_fraction"],
                "heldout/sampled_accuracy": sampled["accuracy"],
                "heldout/correct": [int(record["correct"]) for record in greedy.records]}  # per problem, in task order
-        if step == 0 and self.start is not None:  # written whole, then renamed: a reader never sees half a row
-            partial = self.start.with_name(f"{self.start.name}.{os.getpid()}.tmp")
+        if step == 0 and self.step0_cache is not None:  # written whole, then renamed: a reader never sees half a row
+            partial = self.step0_cache.with_name(f"{self.step0_cache.name}.{os.getpid()}.tmp")
             partial.write_text(json.dumps(row) + "\n")
-            partial.replace(self.start)
+            partial.replace(self.step0_cache)
         self._append(row)
 
     def _append(self, row: dict) -> None:
@@ -215,8 +216,8 @@ def run_one(spec: RunSpec, threads: int) -> str:
     )
     tokenizer = load_char_tokenizer(spec.init)
     suffix = "" if spec.eval_split == "test" else f"-{spec.eval_split}"
-    start = Path(spec.init) / f"heldout-step0-{spec.level}-{size.eval_problems}{suffix}.json"
-    evaluator = HeldOutEval(out / EVAL_FILE, heldout, size.eval_every, level.max_completion_length, start)
+    step0_cache = Path(spec.init) / f"heldout-step0-{spec.level}-{size.eval_problems}{suffix}.json"
+    evaluator = HeldOutEval(out / EVAL_FILE, heldout, size.eval_every, level.max_completion_length, step0_cache)
     trainer = PRPOTrainer(
         spec.init, args=args, train_dataset=train.to_dataset(tokenizer), prm=load_prm(prm_spec),
         processing_class=tokenizer, grader=train.grade,

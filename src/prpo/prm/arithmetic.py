@@ -68,7 +68,7 @@ from prpo.prm.arithmetic_text import (
     parse_number,
     problem_numbers,
 )
-from prpo.prm.base import check_inputs, config_id, register_prm
+from prpo.prm.base import NO_EVIDENCE, RIGHT, WRONG, check_inputs, config_id, register_prm
 from prpo.registry import Registry
 from prpo.tasks.arithmetic import Chain, final_number, parse_problem
 
@@ -180,9 +180,9 @@ class ArithmeticPRM:
     @dataclass(frozen=True)
     class Config:
         mode: Literal["reference", "validity"] = "reference"  # see the module docstring
-        right: float = 0.9
-        wrong: float = 0.1
-        no_evidence: float = 0.5
+        right: float = RIGHT
+        wrong: float = WRONG
+        no_evidence: float = NO_EVIDENCE
         check_operands: bool = True  # validity mode: an equation's operands must be known
         check_answer: bool = True  # validity mode: a final answer must be a known number
         require_answer: bool = True  # a finished response without a final answer ends on `wrong`

@@ -109,6 +109,10 @@ BUILTIN_PRMS = {"arithmetic": "prpo.prm.arithmetic", "bench_family": "prpo.prm.f
                 "remote": "prpo.prm.remote", "shepherd": "prpo.prm.shepherd", "step_tag": "prpo.prm.step_tag"}
 PRM_REGISTRY: Registry[PRMType] = Registry("PRM type", lazy=BUILTIN_PRMS)
 
+# The verdict scores of the rule-based PRMs (`arithmetic`, `bench_family`): with the fixed prior
+# (docs/algorithm.md s.4) they give Z = +1.96 / -1.96 / 0.
+RIGHT, WRONG, NO_EVIDENCE = 0.9, 0.1, 0.5
+
 
 def register_prm(name: str) -> Callable[[type], type]:
     """Class decorator: make an adapter loadable as `load_prm({"type": name, ...})`.

@@ -11,8 +11,10 @@ import hashlib
 from dataclasses import dataclass
 
 from prpo.grading import extract_final_answer
-from prpo.prm.base import PRM_REGISTRY, PRMType, check_inputs
+from prpo.prm.base import NO_EVIDENCE, PRM_REGISTRY, RIGHT, WRONG, PRMType, check_inputs
 from prpo.tasks.family import TaskFamily, load_family
+
+NOISE = 0.15  # the noisy PRM's flip probability, the bench presets' default
 
 QUALITIES = ("clean", "noisy", "biased")
 
@@ -41,17 +43,17 @@ class FamilyPRM:
 
         family: str  # MODULE:NAME or path/to/file.py:NAME (`load_family`)
         quality: str = "clean"
-        noise: float = 0.15
+        noise: float = NOISE
         seed: int = 0
-        right: float = 0.9
-        wrong: float = 0.1
-        no_evidence: float = 0.5
+        right: float = RIGHT
+        wrong: float = WRONG
+        no_evidence: float = NO_EVIDENCE
 
         def __post_init__(self) -> None:
             _check_quality(self.quality)
 
-    def __init__(self, family: TaskFamily, quality: str = "clean", noise: float = 0.15, seed: int = 0,
-                 right: float = 0.9, wrong: float = 0.1, no_evidence: float = 0.5):
+    def __init__(self, family: TaskFamily, quality: str = "clean", noise: float = NOISE, seed: int = 0,
+                 right: float = RIGHT, wrong: float = WRONG, no_evidence: float = NO_EVIDENCE):
         _check_quality(quality)
         self.family, self.quality, self.noise, self.seed = family, quality, noise, seed
         self.right, self.wrong, self.no_evidence = right, wrong, no_evidence
