@@ -100,3 +100,83 @@ def test_bf16_weights_move_at_the_papers_learning_rate(tiny_causal_lm_dir, tmp_p
     changed = sum((a != b).sum().item() for a, b in zip(initial, layers.parameters()))
     total = sum(a.numel() for a in initial)
     assert changed / total > 0.9, f"only {changed} of {total} layer weights moved"
+
+
+def _verl_low_var_kl(ref: torch.Tensor, logp: torch.Tensor, kl_max: float = 10.0) -> torch.Tensor:
+    """verl's ``low_var_kl`` as written there: clamp r to +-20, k3, clamp to +-kl_max."""
+    r = torch.clamp(ref - logp, min=-20, max=20)
+    return torch.clamp(torch.exp(r) - r - 1, min=-kl_max, max=kl_max)
+
+
+@pytest.mark.parametrize("kl_max", [10.0, 1.0, 0.05])
+def test_clamped_reference_gives_verls_value_and_gradient(kl_max):
+    from prpo.kl import clamped_reference, k3, k3_bounds
+
+    r_lo, r_hi = k3_bounds(kl_max)
+    assert k3(torch.tensor([r_lo, r_hi], dtype=torch.float64)).tolist() == pytest.approx([kl_max, kl_max], rel=1e-12)
+    torch.manual_seed(0)
+    ref = torch.randn(4000, dtype=torch.float64) * 8  # r from about -30 to 30: every side of both bounds
+    logp = (torch.randn(4000, dtype=torch.float64) * 2).requires_grad_()
+    ours = k3(clamped_reference(ref, logp, kl_max) - logp)
+    theirs = _verl_low_var_kl(ref, logp, kl_max)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logp)
+    (g_theirs,) = torch.autograd.grad(theirs.sum(), logp)
+    torch.testing.assert_close(g_ours, g_theirs, rtol=1e-12, atol=1e-12)
+    # Against TRL's unclamped k3: equal inside the bounds, different (larger) outside.
+    r = (ref - logp).detach()
+    inside = (r >= r_lo) & (r <= r_hi)
+    (g_plain,) = torch.autograd.grad(k3(ref - logp).sum(), logp)
+    assert inside.any() and (~inside).any()
+    torch.testing.assert_close(g_ours[inside], g_plain[inside], rtol=1e-12, atol=1e-12)
+    assert (g_ours[~inside] == 0).all() and (g_plain[~inside].abs() > 0).all()
+
+
+def test_kl_clamp_bounds_are_checked():
+    from prpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"kl_clamp.*kl_max must be in \(0, 19"):
+        PRPOConfig(output_dir="x", kl_clamp=25.0, use_cpu=True)
+    with pytest.raises(ConfigError, match="kl_clamp"):
+        PRPOConfig(output_dir="x", kl_clamp=0.0, use_cpu=True)
+
+
+def test_trainer_loss_with_kl_clamp_is_verls_and_leaves_the_batch_alone(tiny_causal_lm_dir, tmp_path):
+    """With A = 0 and ``kl_clamp``, the trainer's loss and gradient are beta * token-mean of verl's clamped k3;
+    the reference in the batch TRL keeps is not touched."""
+    args = _args(tmp_path, beta=0.5, kl_clamp=0.05)  # a small cap, so that both sides of it occur
+    trainer = PRPOTrainer(str(tiny_causal_lm_dir), args=args, train_dataset=_dataset(), prm=HalfPRM(), grader=_grader)
+    model = trainer.model
+    torch.manual_seed(0)
+    batch, prompt_len, width = 2, 5, 6
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    prompt_ids = torch.randint(0, 1000, (batch, prompt_len))
+    completion_ids = torch.randint(0, 1000, (batch, width))
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention = torch.cat([torch.ones(batch, prompt_len, dtype=torch.long), mask], dim=1)
+
+    def logps() -> torch.Tensor:
+        return trainer._get_per_token_logps_and_entropies(model, input_ids, attention, width)[0]
+
+    with torch.no_grad():
+        ref = logps() + 0.5 * torch.randn(batch, width)
+    inputs = {
+        "prompt_ids": prompt_ids, "prompt_mask": torch.ones(batch, prompt_len, dtype=torch.long),
+        "completion_ids": completion_ids, "completion_mask": mask, "num_items_in_batch": mask.sum(),
+        "advantages": torch.zeros(batch, width), "ref_per_token_logps": ref.clone(),
+    }
+
+    def grad(loss: torch.Tensor) -> torch.Tensor:
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    loss = trainer.compute_loss(model, inputs)
+    trl_grad = grad(loss)
+    assert torch.equal(inputs["ref_per_token_logps"], ref)
+    logp = logps()
+    verl = _verl_low_var_kl(ref, logp, 0.05)
+    assert ((verl == 0.05) & (mask == 1)).any() and ((verl < 0.05) & (mask == 1)).any()
+    expected = 0.5 * (verl * mask).sum() / mask.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert_close_scaled(trl_grad, grad(expected))

@@ -23,6 +23,7 @@ from trl import GRPOConfig
 
 from prpo.advantages import ADVANTAGES, CORRECT_REWARD, EPS, MU0, SIGMA0, WRONG_REWARD, get_method
 from prpo.filters import FILTERS, get_filter
+from prpo.kl import k3_bounds
 from prpo.metrics import COLLAPSE_DROP, COLLAPSE_WINDOW
 from prpo.segmentation import K, MARKER, MIN_GAP, SEGMENT_LENGTH, SEGMENTERS, get_segmenter
 from prpo.typecheck import has_type, type_name
@@ -111,6 +112,11 @@ class PRPOConfig(GRPOConfig):
         default="none",
         metadata={"help": "TRL's reward scaling; PRPO's outcome location is scaled by outcome_scale instead "
                   "(only 'none' is accepted)."},
+    )
+    kl_clamp: float | None = field(
+        default=None,
+        metadata={"help": "Cap the per-token k3 KL at this value with zero gradient beyond, as verl's low_var_kl "
+                  "(which the paper's authors trained with) does at 10; None: TRL's unclamped k3 (prpo.kl)."},
     )
     use_bias_correction_kl: bool = field(
         default=False,
@@ -308,6 +314,13 @@ def _check_loss(args: PRPOConfig) -> None:
     high = args.epsilon if args.epsilon_high is None else args.epsilon_high
     if args.delta is not None and args.delta <= 1 + high:
         raise ConfigError("delta", f"the dual clip {args.delta} must exceed 1 + epsilon_high = {1 + high}")
+    if args.kl_clamp is not None:
+        try:
+            k3_bounds(args.kl_clamp)
+        except ValueError as err:
+            raise ConfigError("kl_clamp", f"{err} (verl's low_var_kl: 10)") from None
+        if args.use_liger_kernel:
+            raise ConfigError("kl_clamp", "the Liger loss computes its own KL; set use_liger_kernel: false")
 
 
 def _check_rewards(args: PRPOConfig) -> None:

@@ -47,6 +47,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from prpo.advantages import AdvantageInputs, AdvantageResult
 from prpo.config import PRPOConfig
 from prpo.filters import advantages_on_kept, apply_filter
+from prpo.kl import clamped_reference
 from prpo.metrics import RunFiles
 from prpo.rewards import OutcomeReward, outcome_reward_range
 from prpo.segmentation import (
@@ -137,6 +138,7 @@ class PRPOTrainer(GRPOTrainer):
     """
 
     _tag_names = ["trl", "grpo", "prpo"]
+    _kl_clamp_inputs: dict[str, Any] | None = None  # the loss batch whose reference `kl_clamp` replaces
     _name = "PRPO"  # TRL's model card: "trained with PRPO", citing the paper below
     _paper = {
         "title": "PRPO: Aligning Process Reward with Outcome Reward in Policy Optimization",
@@ -291,7 +293,23 @@ class PRPOTrainer(GRPOTrainer):
         rollout.times["generate"] += time.perf_counter() - start - entropy_seconds
         return result
 
+    def _compute_loss(self, model, inputs):
+        """TRL's loss; with ``kl_clamp``, on a copy of ``inputs`` whose reference log-probs the loss forward
+        replaces by `prpo.kl.clamped_reference` (a copy: TRL reuses the batch over ``num_iterations``)."""
+        if self.args.kl_clamp is None or self.beta == 0.0:
+            return super()._compute_loss(model, inputs)
+        self._kl_clamp_inputs = inputs = dict(inputs)
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._kl_clamp_inputs = None
+
     def _get_per_token_logps_and_entropies(self, model, *args, compute_entropy=False, **kwargs):
+        if self._kl_clamp_inputs is not None:  # the loss forward of `_compute_loss`: TRL reads the reference next
+            inputs, self._kl_clamp_inputs = self._kl_clamp_inputs, None
+            result = super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=compute_entropy, **kwargs)
+            inputs["ref_per_token_logps"] = clamped_reference(inputs["ref_per_token_logps"], result[0], self.args.kl_clamp)
+            return result
         rollout = self._rollout
         if not (rollout.capture_old_pass and model is self.model):
             return super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=compute_entropy, **kwargs)
