@@ -12,6 +12,7 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prpo import trl_surface
 from prpo.advantages import ADVANTAGES, AdvantageInputs, compute_advantages
 from prpo.config import ConfigError, PRPOConfig
 from prpo.filters import (
@@ -298,7 +299,7 @@ def test_dropped_rows_add_nothing_to_loss_gradient_or_token_count(tiny_causal_lm
         "advantages": torch.randn(3, 5) * completion_mask + torch.tensor([[0.0], [5.0], [0.0]]),  # row 1: large
         "ref_per_token_logps": -torch.rand(3, 5) * 3,
     }
-    trainer._drop_from_loss(batch, torch.tensor([True, False, True]))
+    trl_surface.drop_from_loss(batch, torch.tensor([True, False, True]), trainer.accelerator.gather)
     assert batch["num_items_in_batch"].item() == 4 + 2  # the kept rows' tokens only
     assert batch["tool_mask"].tolist() == [[1] * 5, [0] * 5, [1] * 5]
     kept = {key: value[[0, 2]] if value.dim() else value for key, value in batch.items() if key != "tool_mask"}

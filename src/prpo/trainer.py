@@ -37,16 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import trl
 from accelerate.utils import gather_object
-from packaging.version import Version
 from torch import Tensor
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
 
 from prpo.advantages import AdvantageInputs, AdvantageResult
 from prpo.config import PRPOConfig
 from prpo.filters import advantages_on_kept, apply_filter
+from prpo import trl_surface
 from prpo.kl import clamped_reference
 from prpo.metrics import RunFiles
 from prpo.rewards import OutcomeReward, outcome_reward_range
@@ -61,7 +59,6 @@ from prpo.segmentation import (
 from prpo.tasks.rows import check_dataset, row_problem, row_prompt_id
 
 logger = logging.getLogger(__name__)
-TRL_VERSION = "1.16.0"
 
 
 class GenerationEntropy:
@@ -168,8 +165,7 @@ class PRPOTrainer(GRPOTrainer):
         prm=None,
         grader: Callable[[list[str], list[str]], list[bool]] | None = None,
     ):
-        if Version(trl.__version__) != Version(TRL_VERSION):
-            raise RuntimeError(f"PRPOTrainer is built on TRL {TRL_VERSION}, found {trl.__version__}")
+        trl_surface.check()
         if isinstance(reward_funcs, PRPOConfig):
             raise TypeError("PRPOTrainer takes GRPOTrainer's argument order (model, reward_funcs, args, train_dataset, "
                             "...): pass args= and train_dataset= by keyword")
@@ -222,9 +218,9 @@ class PRPOTrainer(GRPOTrainer):
         )
         self._keep_fp32_master_weights()
         needs_answer = self.outcome_reward.grade_many is not None
-        check_dataset(train_dataset, self._tokenizer, args.max_prompt_length, needs_answer=needs_answer)
+        check_dataset(train_dataset, trl_surface.tokenizer(self), args.max_prompt_length, needs_answer=needs_answer)
         if eval_dataset is not None:
-            check_dataset(eval_dataset, self._tokenizer, args.max_prompt_length, needs_answer=needs_answer)
+            check_dataset(eval_dataset, trl_surface.tokenizer(self), args.max_prompt_length, needs_answer=needs_answer)
         self._entropy_source = self._choose_entropy_source()
         self._rollout = Rollout()  # the rollout in progress (or the last one)
         self._update_seconds = 0.0  # optimiser-update time of the accumulation in progress
@@ -333,8 +329,8 @@ class PRPOTrainer(GRPOTrainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         rollout_seconds = self._rollout.seconds if self._rollout is not before else 0.0  # a step that generated
         self._update_seconds += time.perf_counter() - start - rollout_seconds
-        if self._step % self.current_gradient_accumulation_steps == 0:
-            self._metrics["train"]["time/update"].append(self._update_seconds)
+        if trl_surface.micro_step(self) % self.current_gradient_accumulation_steps == 0:
+            trl_surface.metrics(self, "train")["time/update"].append(self._update_seconds)
             self._update_seconds = 0.0
         return loss
 
@@ -351,7 +347,7 @@ class PRPOTrainer(GRPOTrainer):
         elapsed = time.perf_counter() - start
         rollout.times["logprobs_other"] = elapsed - sum(rollout.times.values())
         for name, seconds in rollout.times.items():
-            self._metrics[mode][f"time/{name}"].append(seconds)
+            trl_surface.metrics(self, mode)[f"time/{name}"].append(seconds)
         rollout.seconds = elapsed
         return output
 
@@ -359,7 +355,7 @@ class PRPOTrainer(GRPOTrainer):
         """Put each response's mean token advantage where TRL logged its own (GRPO) one for `log_completions`."""
         lengths = torch.tensor(lengths, device=advantages.device).clamp(min=1)
         means = self.accelerator.gather(advantages.sum(dim=1) / lengths).tolist()
-        logged = self._logs["advantages"]
+        logged = trl_surface.logged_advantages(self)
         for _ in means:
             logged.pop()
         logged.extend(means)
@@ -380,7 +376,7 @@ class PRPOTrainer(GRPOTrainer):
         with rollout.timed("entropy"):
             input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
             attention_mask = torch.cat([output["prompt_mask"], mask.to(output["prompt_mask"].dtype)], dim=1)
-            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            with torch.no_grad(), trl_surface.disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
                 _, entropies, _ = self._get_per_token_logps_and_entropies(
                     self.model, input_ids, attention_mask, width,
                     batch_size=self.args.per_device_train_batch_size, compute_entropy=True,
@@ -397,14 +393,15 @@ class PRPOTrainer(GRPOTrainer):
         with rollout.timed("segment"):
             if segmenter.needs_text:
                 lengths = mask.sum(dim=1).tolist()
-                token_texts = [self._tokenizer.batch_decode([[t] for t in row[:n]], skip_special_tokens=True)
+                token_texts = [trl_surface.tokenizer(self).batch_decode([[t] for t in row[:n]], skip_special_tokens=True)
                                for row, n in zip(output["completion_ids"].tolist(), lengths)]
             return segmenter.fn(SegmentInputs(mask, entropy, token_texts), **self.args.segmenter_kwargs())
 
     def _segment_texts(self, completion_ids: Tensor, spans: list[list[tuple[int, int]]]) -> list[list[str]]:
         """Decoded token spans of each segment; their concatenation is the decoded response."""
         rows = completion_ids.tolist()
-        return [[self._tokenizer.decode(row[s:e], skip_special_tokens=True) for s, e in row_spans]
+        tokenizer = trl_surface.tokenizer(self)
+        return [[tokenizer.decode(row[s:e], skip_special_tokens=True) for s, e in row_spans]
                 for row, row_spans in zip(rows, spans)]
 
     def _gather_rows(self, tensor: Tensor, pad: float | int) -> Tensor:
@@ -454,7 +451,7 @@ class PRPOTrainer(GRPOTrainer):
             rows = slice(self.accelerator.process_index * batch, (self.accelerator.process_index + 1) * batch)
             local = result.advantages[rows, :width].contiguous()
             if not kept.all():
-                self._drop_from_loss(output, kept[rows])
+                trl_surface.drop_from_loss(output, kept[rows], self.accelerator.gather)
 
         self._log_step(mode, rewards, group_ids, all_mask, result, all_scores, all_segments, rollout)
         if mode == "train" and self.args.samples_per_step != 0:
@@ -479,23 +476,8 @@ class PRPOTrainer(GRPOTrainer):
         outcomes = AdvantageInputs(correct.float(), group_ids, mask, token_scores, segment_ids)
         result = apply_filter(name, outcomes, **options)
         for key, value in result.metrics(correct).items():
-            self._metrics[mode][key].append(value)
+            trl_surface.metrics(self, mode)[key].append(value)
         return result.keep
-
-    def _drop_from_loss(self, output: dict[str, Any], kept: Tensor) -> None:
-        """Take this process's dropped rows out of TRL's loss: no loss term, no gradient, no token in the denominator.
-
-        Why ``tool_mask``: TRL 1.16's `_compute_loss` multiplies the per-token loss by
-        ``completion_mask * tool_mask`` (its loss mask) and uses ``completion_mask`` alone as the attention
-        mask, so a zero row here removes the rollout from the loss without changing any forward pass (a
-        zeroed ``completion_mask`` would give the policy another attention pattern than the reference saw).
-        The token-mean losses ('dapo', 'cispo') divide by ``num_items_in_batch``, the global count of loss
-        tokens that TRL took before the filter, so it is recounted; 'bnpo' counts the masked tokens itself.
-        """
-        completion_mask = output["completion_mask"]
-        loss_mask = output.get("tool_mask", torch.ones_like(completion_mask)) * kept[:, None].to(completion_mask.dtype)
-        output["tool_mask"] = loss_mask
-        output["num_items_in_batch"] = self.accelerator.gather((completion_mask * loss_mask).sum()).sum()
 
     # ------------------------------------------------------------------ metrics and samples
 
@@ -504,7 +486,7 @@ class PRPOTrainer(GRPOTrainer):
         """The step's metrics: outcomes, the advantages and the method's own diagnostics, segments, PRM scores, entropy."""
         from prpo.grading import extract_final_answer
 
-        metrics = self._metrics[mode]
+        metrics = trl_surface.metrics(self, mode)
         device = rewards.device
         outcome = rewards  # with the default grader: its verdicts (R also carries the overlong penalty)
         if self.outcome_reward.grade_many is not None:
