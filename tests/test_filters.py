@@ -13,12 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prpo import trl_surface
-from prpo.advantages import ADVANTAGES, AdvantageInputs, compute_advantages
+from prpo.advantages import ADVANTAGES, AdvantageInputs, advantages_on_kept, compute_advantages
 from prpo.config import ConfigError, PRPOConfig
 from prpo.filters import (
     FILTERS,
     FilterResult,
-    advantages_on_kept,
     apply_filter,
     get_filter,
     register_filter,
@@ -41,9 +40,9 @@ def batch_of(rows: list[list[tuple[float, int]]], width: int) -> dict[str, torch
 
 
 def outcome_inputs(correct: torch.Tensor, group_ids: torch.Tensor, mask: torch.Tensor, token_scores=None,
-                   segment_ids=None) -> AdvantageInputs:
-    """A filter's inputs: the batch with the outcomes o (1 correct, 0 wrong) as its rewards."""
-    return AdvantageInputs(correct.float(), group_ids, mask, token_scores, segment_ids)
+                   segment_ids=None) -> tuple[AdvantageInputs, torch.Tensor]:
+    """A filter's arguments: the batch (rewards +-1 from the outcomes) and the outcomes ``correct[B]``."""
+    return AdvantageInputs(torch.where(correct, 1.0, -1.0), group_ids, mask, token_scores, segment_ids), correct
 
 
 # One group of G = 8: five correct, three wrong. Step means (not token means) decide: row 0's steps
@@ -67,7 +66,7 @@ def group_inputs() -> dict[str, torch.Tensor]:
 
 def test_hand_computed_group_keeps_the_consistent_ones_and_grpo_runs_on_them():
     inputs = group_inputs()
-    result = apply_filter("consistency", outcome_inputs(CORRECT, **inputs), keep=4)
+    result = apply_filter("consistency", *outcome_inputs(CORRECT, **inputs), keep=4)
     # n+ = 5, n- = 3, r = 4: r+ = min(4, round((2 + 4) / 2)) = 3 correct dropped (c = -0.6, -0.1, 0.2: rows 1, 3, 2),
     # 1 wrong dropped (c = -0.4: row 6); kept 2 correct (rows 0, 4) and 2 wrong (rows 5, 7).
     assert result.keep.tolist() == [True, False, False, False, True, True, False, True]
@@ -119,9 +118,9 @@ def test_removal_counts_round_half_to_even(n_correct, n_wrong, remove, expected)
 
 def test_a_group_of_one_outcome_drops_its_lowest_consistency():
     inputs = {**batch_of([[(s, 2)] for s in (0.9, 0.3, 0.5, 0.4)], 2), "group_ids": torch.zeros(4, dtype=torch.long)}
-    right = apply_filter("consistency", outcome_inputs(torch.ones(4, dtype=torch.bool), **inputs), keep=2)
+    right = apply_filter("consistency", *outcome_inputs(torch.ones(4, dtype=torch.bool), **inputs), keep=2)
     assert right.keep.tolist() == [True, False, True, False]  # the lowest scores 0.3 and 0.4 go
-    wrong = apply_filter("consistency", outcome_inputs(torch.zeros(4, dtype=torch.bool), **inputs), keep=2)
+    wrong = apply_filter("consistency", *outcome_inputs(torch.zeros(4, dtype=torch.bool), **inputs), keep=2)
     assert wrong.keep.tolist() == [False, True, False, True]  # c = -(2s - 1): the highest scores 0.9 and 0.5 go
     advantages = advantages_on_kept("grpo", right.keep, AdvantageInputs(torch.ones(4), inputs["group_ids"], inputs["mask"]))
     advantages = advantages.advantages
@@ -130,7 +129,7 @@ def test_a_group_of_one_outcome_drops_its_lowest_consistency():
 
 def test_keep_equal_to_the_group_size_changes_nothing():
     inputs = group_inputs()
-    result = apply_filter("consistency", outcome_inputs(CORRECT, **inputs), keep=8)
+    result = apply_filter("consistency", *outcome_inputs(CORRECT, **inputs), keep=8)
     assert result.keep.all()
     assert "filter/consistency_dropped" not in result.metrics(CORRECT)  # no NaN mean over nothing
     rewards = torch.where(CORRECT, 1.0, -1.0)
@@ -146,7 +145,7 @@ def test_ties_drop_the_earlier_rollout_of_the_group():
     group_ids = torch.tensor([7, 3, 7, 3, 7, 3, 7, 3])
     correct = torch.tensor([1, 0, 0, 1, 1, 1, 0, 0]).bool()
     inputs = {**batch_of([[(0.5, 3)]] * 8, 3), "group_ids": group_ids}
-    keep = apply_filter("consistency", outcome_inputs(correct, **inputs), keep=2).keep
+    keep = apply_filter("consistency", *outcome_inputs(correct, **inputs), keep=2).keep
     # group 7: rows 0 (correct), 2 (wrong), 4 (correct), 6 (wrong) -> drop 0 and 2
     # group 3: rows 1 (wrong), 3 (correct), 5 (correct), 7 (wrong) -> drop 3 and 1
     assert keep.tolist() == [False, False, False, False, True, True, True, True]
@@ -156,8 +155,8 @@ def test_step_penalty_applies_outside_the_step_range():
     # Both correct, keep 1: the one-step response has the higher score (0.9 against 0.8) but J = 1 < 2.
     inputs = {**batch_of([[(0.9, 4)], [(0.8, 2), (0.8, 2)]], 4), "group_ids": torch.zeros(2, dtype=torch.long)}
     correct = torch.ones(2, dtype=torch.bool)
-    assert apply_filter("consistency", outcome_inputs(correct, **inputs), keep=1).keep.tolist() == [True, False]
-    result = apply_filter("consistency", outcome_inputs(correct, **inputs), keep=1, step_penalty=0.5)
+    assert apply_filter("consistency", *outcome_inputs(correct, **inputs), keep=1).keep.tolist() == [True, False]
+    result = apply_filter("consistency", *outcome_inputs(correct, **inputs), keep=1, step_penalty=0.5)
     assert result.keep.tolist() == [False, True]  # c = 0.8 - 0.5 = 0.3 < 0.6
     torch.testing.assert_close(result.scores["consistency"], torch.tensor([0.3, 0.6]))
 
@@ -166,25 +165,25 @@ def test_bad_inputs_and_options_are_refused():
     inputs = group_inputs()
     for keep in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="keep must be an integer >= 1"):
-            apply_filter("consistency", outcome_inputs(CORRECT, **inputs), keep=keep)
+            apply_filter("consistency", *outcome_inputs(CORRECT, **inputs), keep=keep)
     with pytest.raises(ValueError, match=r"does not take option\(s\) \['kep'\]"):
-        apply_filter("consistency", outcome_inputs(CORRECT, **inputs), kep=4)
+        apply_filter("consistency", *outcome_inputs(CORRECT, **inputs), kep=4)
     with pytest.raises(ValueError, match="needs token_scores"):
-        apply_filter("consistency", outcome_inputs(CORRECT, inputs["group_ids"], inputs["mask"]))
+        apply_filter("consistency", *outcome_inputs(CORRECT, inputs["group_ids"], inputs["mask"]))
     bad = inputs["token_scores"].clone()
     bad[2, 1] = math.nan
     with pytest.raises(ValueError, match=r"token_scores\[2, 1\] = nan"):
-        apply_filter("consistency", outcome_inputs(CORRECT, **{**inputs, "token_scores": bad}))
-    with pytest.raises(ValueError, match=r"takes the outcomes o \(1 correct, 0 wrong\).*got \[-1.0, 1.0\]"):
-        apply_filter("consistency", AdvantageInputs(torch.where(CORRECT, 1.0, -1.0), **inputs))  # rewards, not outcomes
+        apply_filter("consistency", *outcome_inputs(CORRECT, **{**inputs, "token_scores": bad}))
+    with pytest.raises(ValueError, match=r"takes the outcomes as a bool tensor of shape \(8,\), got torch.float32 \(8,\)"):
+        apply_filter("consistency", AdvantageInputs(torch.where(CORRECT, 1.0, -1.0), **inputs), CORRECT.float())
     with pytest.raises(ValueError, match="unknown filter 'bogus'; known: consistency"):
         get_filter("bogus")
 
 
 def test_registry_refuses_a_duplicate_and_presets_name_registered_filters():
     @register_filter("test_keep_all", uses_prm=False)
-    def keep_all(inputs, *, note: str = "x") -> FilterResult:
-        return FilterResult(torch.ones_like(inputs.correct), {})
+    def keep_all(inputs, correct, *, note: str = "x") -> FilterResult:
+        return FilterResult(torch.ones_like(correct), {})
 
     try:
         assert get_filter("test_keep_all").options() == {"note": "x"}
@@ -218,7 +217,7 @@ def filter_cases(draw):
 def test_vectorised_filter_matches_the_reference(case):
     groups, correct, rows, keep, penalty = case
     inputs = batch_of(rows, 9)
-    result = apply_filter("consistency", outcome_inputs(torch.tensor(correct), torch.tensor(groups), **inputs), keep=keep,
+    result = apply_filter("consistency", *outcome_inputs(torch.tensor(correct), torch.tensor(groups), **inputs), keep=keep,
                           step_penalty=penalty)
     steps = [[score for score, _ in segments] for segments in rows]
     assert result.keep.tolist() == consistency_filter_rows(correct, groups, steps, keep, step_penalty=penalty)

@@ -1,4 +1,4 @@
-"""One hand-built PRPO step through `PRPOTrainer.token_advantages`: advantages and metrics computed by hand.
+"""One hand-built PRPO step through `PRPOTrainer.rollout_advantages`: advantages and metrics computed by hand.
 
 8 responses to 2 prompts, written as steps separated by "\\n\\n" (each step is 3 tokens in Qwen's
 vocabulary), graded by their boxed answer and scored by a PRM that reads the first word of a step.
@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset
 from test_trainer import policy_dir, policy_entropy  # noqa: F401  (policy_dir: a fixture)
 
+from prpo import trl_surface
 from prpo.config import PRPOConfig
 from prpo.grading import extract_final_answer
 from prpo.rewards import OutcomeReward
@@ -115,13 +116,13 @@ def run_step(trainer: PRPOTrainer, local: list[int]) -> tuple[torch.Tensor, dict
     rows, ids, texts = step_rows(trainer.processing_class)
     inputs = [rows[i] for i in local]
     completions = [[{"role": "assistant", "content": texts[i]}] for i in local]
+    rollout = trainer._rollout = Rollout(lengths=[LENGTHS[i] for i in local])  # as TRL starts a rollout
     trainer._calculate_rewards(inputs, [r["prompt"] for r in inputs], completions, [ids[i] for i in local])
     width = max(LENGTHS[i] for i in local)  # each process pads to its own longest response
     pad = trainer.processing_class.pad_token_id
     completion_ids = torch.tensor([ids[i] + [pad] * (width - LENGTHS[i]) for i in local])
-    rollout = Rollout(lengths=[LENGTHS[i] for i in local])
-    advantages = trainer.token_advantages(inputs, {"completion_ids": completion_ids}, rollout, "train")
-    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if not k.startswith("time/")}
+    advantages = trainer.rollout_advantages(inputs, {"completion_ids": completion_ids}, rollout, "train")
+    metrics = {k: v[-1] for k, v in trl_surface.metrics(trainer, "train").items() if not k.startswith("time/")}
     return advantages, metrics
 
 

@@ -112,8 +112,8 @@ def test_grpo_and_prpo_differ_only_in_the_advantages(tiny_causal_lm_dir, tmp_pat
     # A response every reward function returned None for gets A = 0 (TRL's rule) and leaves the others as they were:
     # here every R is 0, so beta = 0 and each A is the response's own Z (fixed prior), whatever its group.
     before = out_p["advantages"].clone()
-    prpo.outcome_reward.rewards[0] = math.nan
-    after = prpo.token_advantages(batch_p, out_p, prpo._rollout, "eval")
+    prpo._rollout.outcomes.rewards[0] = math.nan
+    after = prpo.rollout_advantages(batch_p, out_p, prpo._rollout, "eval")
     assert torch.all(after[0] == 0) and torch.equal(after[1:], before[1:])
 
 
@@ -157,11 +157,12 @@ def test_outcome_is_the_weighted_sum_of_reward_functions_mapped_by_reward_range(
     outcome = OutcomeReward(None, args, outcome_reward_range([len], args))
     nan = math.nan
     r = torch.tensor([[1.0, 0.5], [nan, 1.0], [nan, nan], [0.0, 0.0]])
-    outcome.combine(["a", "b", "c", "d"], r, torch.tensor([2.0, 1.0]))
+    outcomes = outcome.combine(["a", "b", "c", "d"], r, torch.tensor([2.0, 1.0]))
     # R = 2*1 + 0.5 = 2.5; None skipped: 1; all None: NaN; 0. Mapped [0, 3] -> [-1, 1]: -1 + 2R/3.
     expected = [-1 + 2 * 2.5 / 3, -1 + 2 / 3, nan, -1.0]
-    assert outcome.rewards[:2] + outcome.rewards[3:] == pytest.approx(expected[:2] + expected[3:])
-    assert math.isnan(outcome.rewards[2]) and outcome.texts == ["a", "b", "c", "d"]
+    rewards = outcomes.rewards.tolist()
+    assert rewards[:2] + rewards[3:] == pytest.approx(expected[:2] + expected[3:])
+    assert math.isnan(rewards[2]) and outcomes.texts == ["a", "b", "c", "d"] and outcomes.correct is None
 
 
 def with_range(low: float, high: float):
@@ -187,8 +188,7 @@ def test_reward_range_is_taken_from_the_reward_functions_when_each_declares_it(c
     assert outcome_reward_range([with_range(0, 1)], given) == (0.0, 2.0)  # the config's range wins
     # declared [0, 1] maps a 0/1 accuracy onto the paper's -1/+1, as reward_range [0, 1] does
     outcome = OutcomeReward(None, args, outcome_reward_range([with_range(0, 1)], args))
-    outcome.combine(["a", "b"], torch.tensor([[0.0], [1.0]]), torch.tensor([1.0]))
-    assert outcome.rewards == [-1.0, 1.0]
+    assert outcome.combine(["a", "b"], torch.tensor([[0.0], [1.0]]), torch.tensor([1.0])).rewards.tolist() == [-1.0, 1.0]
 
 
 def test_reward_range_with_the_built_in_grader_is_refused():

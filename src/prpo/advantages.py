@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -466,12 +467,70 @@ def validate_inputs(inputs: AdvantageInputs) -> None:
 def run_advantages(method: str, inputs: AdvantageInputs, **options: object) -> AdvantageResult:
     """The registered ``method``'s `AdvantageResult` on ``inputs``: ``A[B, T]`` (float32, 0 on padding), diagnostics."""
     ADVANTAGES.check_options(method, options)
+    return _run(ADVANTAGES[method], inputs, options)
+
+
+def _run(entry: AdvantageMethod, inputs: AdvantageInputs, options: Mapping[str, object]) -> AdvantageResult:
     validate_inputs(inputs)
-    entry = ADVANTAGES[method]
     result = entry.fn(inputs, **dict(entry.fixed), **options)
     if isinstance(result, Tensor):  # a method with no diagnostics may return its advantages alone
         return AdvantageResult(result.float())
     return AdvantageResult(result.advantages.float(), result.metrics)
+
+
+def advantages_on_kept(method: str, keep: Tensor, inputs: AdvantageInputs, **options: object) -> AdvantageResult:
+    """``method`` run on the kept rows only (its group statistics and diagnostics too); ``A = 0`` on the dropped rows."""
+    ADVANTAGES.check_options(method, options)
+    return _on_kept(ADVANTAGES[method], keep, inputs, options)
+
+
+def _on_kept(entry: AdvantageMethod, keep: Tensor, inputs: AdvantageInputs, options: Mapping[str, object]) -> AdvantageResult:
+    if keep.all():  # the inputs as they are: no boolean-index copy of every [B, T] tensor
+        return _run(entry, inputs, options)
+    kept = _run(entry, inputs.rows(keep), options)
+    advantages = torch.zeros(inputs.mask.shape, device=inputs.mask.device)
+    advantages[keep] = kept.advantages
+    return AdvantageResult(advantages, kept.metrics)
+
+
+class RolloutFilter(Protocol):
+    """A rollout filter bound to its options (`prpo.filters.bind_filter`): ``(inputs, correct[B]) -> result``
+    with ``result.keep[B]`` and ``result.metrics(correct)``."""
+
+    def __call__(self, inputs: AdvantageInputs, correct: Tensor) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """The advantage stage of a run, resolved once (`resolve_estimator`): the method's registry entry, its
+    options, and the rollout filter that runs before it, if any.
+
+    ``estimator(inputs, correct)``: the filter on the whole batch with the outcomes ``correct[B]``, then
+    the method on the kept rows. Returns the method's result, ``keep[B]`` and the filter's metrics (all
+    rows kept and no metrics without a filter).
+    """
+
+    method: AdvantageMethod
+    options: Mapping[str, object]
+    rollout_filter: RolloutFilter | None = None
+
+    def __call__(self, inputs: AdvantageInputs, correct: Tensor | None, filter_inputs: AdvantageInputs | None = None,
+                 ) -> tuple[AdvantageResult, Tensor, dict[str, float]]:
+        """``filter_inputs``: the batch the filter ranks, if not ``inputs`` (the trainer's keeps every sampled token)."""
+        keep = torch.ones(inputs.mask.shape[0], dtype=torch.bool, device=inputs.mask.device)
+        metrics: dict[str, float] = {}
+        if self.rollout_filter is not None:
+            if correct is None:
+                raise ValueError(f"method {self.method.name!r} filters rollouts: it needs the outcomes correct[B]")
+            filtered = self.rollout_filter(inputs if filter_inputs is None else filter_inputs, correct)
+            keep, metrics = filtered.keep, filtered.metrics(correct)
+        return _on_kept(self.method, keep, inputs, self.options), keep, metrics
+
+
+def resolve_estimator(method: str, options: Mapping[str, object], rollout_filter: RolloutFilter | None = None) -> Estimator:
+    """The `Estimator` of ``method`` with ``options`` (checked now, once) and an optional bound filter."""
+    ADVANTAGES.check_options(method, options)
+    return Estimator(ADVANTAGES[method], dict(options), rollout_filter)
 
 
 def compute_advantages(

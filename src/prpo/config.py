@@ -21,8 +21,8 @@ import torch
 from transformers.trainer_utils import SchedulerType
 from trl import GRPOConfig
 
-from prpo.advantages import ADVANTAGES, CORRECT_REWARD, EPS, MU0, SIGMA0, WRONG_REWARD, get_method
-from prpo.filters import FILTERS, get_filter
+from prpo.advantages import ADVANTAGES, CORRECT_REWARD, EPS, MU0, SIGMA0, WRONG_REWARD, Estimator, get_method, resolve_estimator
+from prpo.filters import FILTERS, bind_filter, get_filter
 from prpo.kl import k3_bounds
 from prpo.metrics import COLLAPSE_DROP, COLLAPSE_WINDOW
 from prpo.segmentation import K, MARKER, MIN_GAP, SEGMENT_LENGTH, SEGMENTERS, get_segmenter
@@ -174,6 +174,12 @@ class PRPOConfig(GRPOConfig):
             "separator_ends": get_segmenter(self.segmenter).separator_ends,
         }
         return {**{k: v for k, v in shared.items() if k in takes}, **self.advantage_options}
+
+    def estimator(self) -> Estimator:
+        """The run's advantage stage, resolved once: method, options (`advantage_kwargs`) and rollout filter."""
+        spec = self.filter_spec()
+        rollout_filter = None if spec is None else bind_filter(*spec)
+        return resolve_estimator(self.method, self.advantage_kwargs(), rollout_filter)
 
     def segmenter_kwargs(self) -> dict[str, Any]:
         """Options of the registered segmenter, from the same-named fields (``k``, ``min_gap``, ``marker``, ...)."""

@@ -1,15 +1,16 @@
 """Rollout filters: a stage between PRM scoring and the advantages that keeps some rollouts of each group.
 
-A filter maps the batch the advantage method sees (`AdvantageInputs`), with the outcomes ``o[B]``
-(1 correct, 0 wrong) in place of the rewards, to ``keep[B]``: prompt ids ``group_ids[B]``, the
-response mask ``M[B, T]`` and, for PRM filters, token scores ``P[B, T]`` and segment ids ``S[B, T]``. The
-advantage method then runs on the kept rollouts only; the dropped ones get advantage 0 and leave
-the loss (the trainer masks them). Filters live in a registry, like the advantage methods:
+A filter maps the batch the advantage method sees (`AdvantageInputs`: rewards ``R[B]``, prompt ids
+``group_ids[B]``, the response mask ``M[B, T]`` and, for PRM filters, token scores ``P[B, T]`` and segment
+ids ``S[B, T]``) and the outcomes ``correct[B]`` (bool: the grader's verdicts) to ``keep[B]``. The
+advantage method then runs on the kept rollouts only (`prpo.advantages.advantages_on_kept`); the
+dropped ones get advantage 0 and leave the loss (the trainer masks them). Filters live in a
+registry, like the advantage methods:
 
     @register_filter("my_filter", uses_prm=False)
-    def my_filter(inputs: AdvantageInputs, *, keep: int | None = None) -> FilterResult: ...
+    def my_filter(inputs: AdvantageInputs, correct: Tensor, *, keep: int | None = None) -> FilterResult: ...
 
-    apply_filter("consistency", AdvantageInputs(o, group_ids, M, P, S), keep=4)
+    apply_filter("consistency", AdvantageInputs(R, group_ids, M, P, S), correct, keep=4)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prpo.advantages import AdvantageInputs, AdvantageResult, group_index, run_advantages, validate_inputs
+from prpo.advantages import AdvantageInputs, group_index, validate_inputs
 from prpo.registry import Registry, keyword_options
 
 
@@ -66,7 +67,7 @@ FILTERS: Registry[RolloutFilter] = Registry("filter")
 
 
 def register_filter(name: str, *, uses_prm: bool) -> Callable[[Callable[..., FilterResult]], Callable[..., FilterResult]]:
-    """Register ``fn(inputs: AdvantageInputs, *, **options) -> FilterResult`` under ``name`` (outcomes as the rewards)."""
+    """Register ``fn(inputs: AdvantageInputs, correct: Tensor, *, **options) -> FilterResult`` under ``name``."""
 
     def decorator(fn: Callable[..., FilterResult]) -> Callable[..., FilterResult]:
         FILTERS.add(RolloutFilter(name, fn, uses_prm))
@@ -123,6 +124,7 @@ def lowest_in_block(values: Tensor, block: Tensor, quota: Tensor) -> Tensor:
 @register_filter("consistency", uses_prm=True)
 def consistency(
     inputs: AdvantageInputs,
+    correct: Tensor,
     *,
     keep: int | None = None,
     step_penalty: float = 0.0,
@@ -151,7 +153,6 @@ def consistency(
     if (steps == 0).any():
         raise ValueError(f"filter 'consistency': response {int((steps == 0).nonzero()[0])} has no valid tokens")
     process = total / steps
-    correct = inputs.outcome_rewards.bool()
     sign = torch.where(correct, 1.0, -1.0).double()
     score = (2 * process - 1) * sign
     score = score - step_penalty * ((steps < min_steps) | (steps > max_steps)).double()
@@ -169,23 +170,21 @@ def consistency(
 # ----------------------------------------------------------------------------- entry point
 
 
-def advantages_on_kept(method: str, keep: Tensor, inputs: AdvantageInputs, **options: object) -> AdvantageResult:
-    """``method`` run on the kept rows only (its group statistics and diagnostics too); ``A = 0`` on the dropped rows."""
-    if keep.all():  # the inputs as they are: no boolean-index copy of every [B, T] tensor
-        return run_advantages(method, inputs, **options)
-    kept = run_advantages(method, inputs.rows(keep), **options)
-    advantages = torch.zeros(inputs.mask.shape, device=inputs.mask.device)
-    advantages[keep] = kept.advantages
-    return AdvantageResult(advantages, kept.metrics)
+def apply_filter(name: str, inputs: AdvantageInputs, correct: Tensor, **options: object) -> FilterResult:
+    """``keep[B]`` of the registered filter ``name`` and its diagnostics, given the outcomes ``correct[B]`` (bool)."""
+    return bind_filter(name, options)(inputs, correct)
 
 
-def apply_filter(name: str, inputs: AdvantageInputs, **options: object) -> FilterResult:
-    """``keep[B]`` of the registered filter ``name`` and its diagnostics; ``inputs.outcome_rewards`` are the
-    outcomes ``o`` (1 correct, 0 wrong)."""
+def bind_filter(name: str, options: dict[str, object]) -> Callable[[AdvantageInputs, Tensor], FilterResult]:
+    """The registered filter ``name`` with its ``options`` checked once: ``(inputs, correct) -> FilterResult``."""
     FILTERS.check_options(name, options)
-    validate_inputs(inputs)
-    outcomes = inputs.outcome_rewards
-    if not ((outcomes == 0) | (outcomes == 1)).all():
-        raise ValueError(f"filter {name!r} takes the outcomes o (1 correct, 0 wrong) as outcome_rewards, got "
-                         f"{sorted(set(outcomes.tolist()))[:5]}")
-    return FILTERS[name].fn(inputs, **options)
+    fn = FILTERS[name].fn
+
+    def run(inputs: AdvantageInputs, correct: Tensor) -> FilterResult:
+        validate_inputs(inputs)
+        if correct.dtype != torch.bool or correct.shape != inputs.outcome_rewards.shape:
+            raise ValueError(f"filter {name!r} takes the outcomes as a bool tensor of shape "
+                             f"{tuple(inputs.outcome_rewards.shape)}, got {correct.dtype} {tuple(correct.shape)}")
+        return fn(inputs, correct, **options)
+
+    return run

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,15 +30,25 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
     return "".join(message["content"] for message in completion if message.get("role") == "assistant")
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """What grading one rollout gave, for this process's rows: carried by the trainer's `Rollout`."""
+
+    texts: list[str]  # each response's text
+    rewards: Tensor  # R[B], float; NaN where every reward function returned None (unscorable)
+    correct: Tensor | None  # [B] bool verdicts of the default grader; None with reward functions
+
+
 class OutcomeReward:
-    """The outcome reward ``R_i`` of this process's rows of the last rollout, and the response texts.
+    """The outcome reward ``R_i`` of a rollout: TRL's reward function, and the combination of TRL's rewards.
 
     ``R_i = sum_k w_k r_ik`` over TRL's reward functions and ``reward_weights`` (`combine`; a None
     reward is skipped; all None: NaN, the response is unscorable), mapped from ``reward_range =
     [lo, hi]`` onto ``[wrong_reward, correct_reward]`` when set: ``wrong + (R - lo) (correct - wrong)
     / (hi - lo)``. Called itself, it is the default reward function: it grades response i against
     the gold ``answer`` of its own row, ``r_i = correct_reward`` or ``wrong_reward``, minus
-    ``L_i / overlong_len`` when ``L_i > overlong_len / 2``, and keeps the verdicts in ``correct``.
+    ``L_i / overlong_len`` when ``L_i > overlong_len / 2``. Its verdicts wait for the `combine` of the
+    same rollout, which returns them in the rollout's `Outcomes`; it keeps nothing after that.
     """
 
     __name__ = "outcome"
@@ -47,30 +58,32 @@ class OutcomeReward:
         self.grade_many = grade_many
         self.correct_reward, self.wrong_reward, self.overlong_len = args.correct_reward, args.wrong_reward, args.overlong_len
         self.reward_range = reward_range
-        self.texts: list[str] = []
-        self.correct: list[bool] = []
-        self.rewards: list[float] = []
+        self._verdicts: Tensor | None = None  # of the call in progress, until `combine` hands them over
 
     def __call__(self, prompts, completions, completion_ids, answer, **kwargs) -> list[float]:
         texts = [completion_text(c) for c in completions]
-        self.correct = [bool(c) for c in self.grade_many(texts, list(answer))]
-        if len(self.correct) != len(texts):
-            raise ValueError(f"grader returned {len(self.correct)} verdicts for {len(texts)} responses")
+        verdicts = [bool(c) for c in self.grade_many(texts, list(answer))]
+        if len(verdicts) != len(texts):
+            raise ValueError(f"grader returned {len(verdicts)} verdicts for {len(texts)} responses")
+        self._verdicts = torch.tensor(verdicts, dtype=torch.bool)
         lengths = torch.tensor([len(ids) for ids in completion_ids])
         return outcome_rewards(
-            torch.tensor(self.correct), lengths,
+            self._verdicts, lengths,
             correct_reward=self.correct_reward, wrong_reward=self.wrong_reward, overlong_len=self.overlong_len,
         ).tolist()
 
-    def combine(self, completions: list, rewards_per_func: Tensor, weights: Tensor) -> None:
-        """Set ``texts`` and ``rewards`` from TRL's per-function rewards ``r[B, K]`` of this process's rows."""
-        self.texts = [completion_text(c) for c in completions]
+    def combine(self, completions: list, rewards_per_func: Tensor, weights: Tensor) -> Outcomes:
+        """The `Outcomes` of this process's rows from TRL's per-function rewards ``r[B, K]`` (and the verdicts)."""
         rewards = (rewards_per_func * weights).nansum(dim=1)
         rewards[rewards_per_func.isnan().all(dim=1)] = math.nan
         if self.reward_range is not None:
             low, high = self.reward_range
             rewards = self.wrong_reward + (rewards - low) * (self.correct_reward - self.wrong_reward) / (high - low)
-        self.rewards = rewards.tolist()
+        verdicts, self._verdicts = self._verdicts, None
+        if self.grade_many is not None and verdicts is None:
+            raise RuntimeError("the default reward function was not called for this rollout: no verdicts to combine")
+        correct = None if verdicts is None else verdicts.to(rewards.device)
+        return Outcomes([completion_text(c) for c in completions], rewards, correct)
 
 
 def declared_reward_range(reward_funcs: Sequence[Any], weights: Sequence[float] | None) -> tuple[float, float] | None:

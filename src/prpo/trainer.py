@@ -33,7 +33,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,11 +43,10 @@ from trl import GRPOTrainer
 
 from prpo.advantages import AdvantageInputs, AdvantageResult
 from prpo.config import PRPOConfig
-from prpo.filters import advantages_on_kept, apply_filter
 from prpo import trl_surface
 from prpo.kl import clamped_reference
 from prpo.metrics import RunFiles
-from prpo.rewards import OutcomeReward, outcome_reward_range
+from prpo.rewards import OutcomeReward, Outcomes, outcome_reward_range
 from prpo.segmentation import (
     SegmentInputs,
     get_segmenter,
@@ -92,6 +91,7 @@ class Rollout:
     recorder: GenerationEntropy | None = None  # entropies kept while sampling
     old_pass_entropy: Tensor | None = None
     entropy_sums: Tensor | None = None  # [sum of H over valid tokens, their count], for the log
+    outcomes: Outcomes | None = None  # this process's texts, rewards R and verdicts, set when TRL grades
     times: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     seconds: float = 0.0  # wall time of the whole rollout
 
@@ -100,6 +100,40 @@ class Rollout:
         start = time.perf_counter()
         yield
         self.times[name] += time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Stage 1's output, this process's rows: segment ids [B, T], their token spans and texts, the PRM's
+    scores per segment and per token [B, T]; all None for a method that reads no PRM."""
+
+    segment_ids: Tensor | None = None
+    spans: list[list[tuple[int, int]]] | None = None
+    texts: list[list[str]] | None = None
+    scores: list[list[float]] | None = None
+    token_scores: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class GlobalBatch:
+    """Stage 2's output: every process's rows as the advantage methods take them, the full response mask
+    (the scorable one is in ``inputs``), the grader's verdicts, and this process's slice of the rows."""
+
+    inputs: AdvantageInputs
+    mask: Tensor
+    correct: Tensor | None
+    rows: slice
+
+    def filter_inputs(self) -> AdvantageInputs:
+        """``inputs`` with every sampled token valid, also of unscorable rows: what a rollout filter ranks."""
+        return replace(self.inputs, mask=self.mask)
+
+    def filter_outcomes(self, args: PRPOConfig) -> Tensor:
+        """The outcome a rollout filter reads: the grader's verdict, or, with reward functions only, R above
+        the midpoint of ``wrong_reward`` and ``correct_reward``."""
+        if self.correct is not None:
+            return self.correct
+        return self.inputs.outcome_rewards > (args.correct_reward + args.wrong_reward) / 2
 
 
 class PRPOTrainer(GRPOTrainer):
@@ -199,7 +233,7 @@ class PRPOTrainer(GRPOTrainer):
 
             prm = as_prm(prm)
         self.prm = prm if self.uses_prm else None
-        self.advantage_kwargs = args.advantage_kwargs()
+        self.estimator = args.estimator()  # method, options and rollout filter, resolved once
         reward_range = outcome_reward_range(reward_funcs, args)
         self.outcome_reward = OutcomeReward(None if reward_funcs else grader, args, reward_range)
         self.run_files = RunFiles(args.output_dir, collapse_window=args.collapse_window, collapse_drop=args.collapse_drop)
@@ -321,7 +355,7 @@ class PRPOTrainer(GRPOTrainer):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         rank = self.accelerator.process_index
         local = rewards_per_func[rank * len(prompts):(rank + 1) * len(prompts)]
-        self.outcome_reward.combine(completions, local, self.reward_weights.to(local.device))
+        self._rollout.outcomes = self.outcome_reward.combine(completions, local, self.reward_weights.to(local.device))
         return rewards_per_func
 
     def training_step(self, model, inputs, num_items_in_batch):
@@ -342,7 +376,7 @@ class PRPOTrainer(GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         finally:
             rollout.capture_old_pass = False
-        output["advantages"] = self.token_advantages(inputs, output, rollout, mode)
+        output["advantages"] = self.rollout_advantages(inputs, output, rollout, mode)
         self._log_mean_advantages(output["advantages"], rollout.lengths)
         elapsed = time.perf_counter() - start
         rollout.times["logprobs_other"] = elapsed - sum(rollout.times.values())
@@ -408,93 +442,86 @@ class PRPOTrainer(GRPOTrainer):
         """[B_local, T_local] on every process -> [B_global, T_max], padded on the right with ``pad``."""
         return self.accelerator.gather(self.accelerator.pad_across_processes(tensor, dim=1, pad_index=pad))
 
-    def token_advantages(self, inputs: list[dict[str, Any]], output: dict[str, Any], rollout: Rollout, mode: str) -> Tensor:
-        """This process's rows of ``A[B, T]`` for a rollout already graded by `outcome_reward`.
+    def rollout_advantages(self, inputs: list[dict[str, Any]], output: dict[str, Any], rollout: Rollout, mode: str) -> Tensor:
+        """This process's rows of ``A[B, T]`` for a graded rollout: score -> gather -> advantages -> apply.
 
         ``inputs`` are the dataset rows (prompt id, problem, gold answer), ``output`` TRL's rollout
-        tensors, ``rollout`` what the earlier stages of this rollout recorded (lengths, entropy).
+        tensors, ``rollout`` what the earlier stages of this rollout recorded (lengths, entropy, outcomes).
         """
-        completion_ids = output["completion_ids"]
-        device = completion_ids.device
-        batch, width = completion_ids.shape
-        lengths = torch.tensor(rollout.lengths, device=device)
-        mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
-
-        segment_ids = spans = segment_texts = scores = token_scores = None
-        if self.uses_prm:
-            segment_ids = self._segment(output, mask, rollout)
-            spans = segment_spans(segment_ids)
-            segment_texts = self._segment_texts(completion_ids, spans)
-            with rollout.timed("prm"):
-                from prpo.prm import validate_scores
-
-                problems = [row_problem(row) for row in inputs]
-                scores = validate_scores(self.prm.score(problems, segment_texts), segment_texts)
-            token_scores = scores_to_tokens(scores, segment_ids).to(device)
-
+        width = output["completion_ids"].shape[1]
+        lengths = torch.tensor(rollout.lengths, device=output["completion_ids"].device)
+        mask = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+        scored = self._score(inputs, output, mask, rollout)
         with rollout.timed("advantages"):
-            local_ids = [row_prompt_id(row) for row in inputs]
-            all_ids = gather_object(local_ids)
-            dense = {pid: i for i, pid in enumerate(dict.fromkeys(all_ids))}
-            group_ids = torch.tensor([dense[pid] for pid in all_ids], device=device)
-            rewards = self.accelerator.gather(torch.tensor(self.outcome_reward.rewards, device=device))
-            # Every reward function returned None (TRL gives advantage 0): each such row alone and masked, so A = 0.
-            unscorable = rewards.isnan()
-            group_ids = torch.where(unscorable, len(dense) + torch.arange(len(all_ids), device=device), group_ids)
-            rewards = rewards.nan_to_num(0.0)
-            all_mask = self._gather_rows(mask.long(), 0).bool()
-            all_scores = None if token_scores is None else self._gather_rows(token_scores, 0.0)
-            all_segments = None if segment_ids is None else self._gather_rows(segment_ids.to(device), -1)
-            kept = self._filter(mode, rewards, group_ids, all_mask, all_scores, all_segments)
-            batch_inputs = AdvantageInputs(rewards, group_ids, all_mask & ~unscorable[:, None], all_scores, all_segments)
-            result = advantages_on_kept(self.args.method, kept, batch_inputs, **self.advantage_kwargs)
-            rows = slice(self.accelerator.process_index * batch, (self.accelerator.process_index + 1) * batch)
-            local = result.advantages[rows, :width].contiguous()
-            if not kept.all():
-                trl_surface.drop_from_loss(output, kept[rows], self.accelerator.gather)
-
-        self._log_step(mode, rewards, group_ids, all_mask, result, all_scores, all_segments, rollout)
+            batch = self._gather(inputs, mask, scored, rollout.outcomes)
+            result, kept, filter_metrics = self.estimator(batch.inputs, batch.filter_outcomes(self.args),
+                                                          batch.filter_inputs())
+            local = self._apply(output, result, kept, batch.rows, width)
+        self._log_step(mode, batch, result, filter_metrics, rollout)
         if mode == "train" and self.args.samples_per_step != 0:
-            self._write_samples(inputs, spans, segment_texts, scores, local, mask, kept[rows].tolist())
+            self._write_samples(inputs, scored, rollout.outcomes, local, mask, kept[batch.rows].tolist())
         return local
 
-    def _filter(self, mode: str, rewards: Tensor, group_ids: Tensor, mask: Tensor, token_scores: Tensor | None,
-                segment_ids: Tensor | None) -> Tensor:
-        """``keep[B]`` of the configured rollout filter (`prpo.filters`; all True without one); logs its metrics.
+    def _score(self, inputs: list[dict[str, Any]], output: dict[str, Any], mask: Tensor, rollout: Rollout) -> Scored:
+        """Stage 1, this process's rows: segments and their PRM scores (nothing for a method without a PRM)."""
+        if not self.uses_prm:
+            return Scored()
+        segment_ids = self._segment(output, mask, rollout)
+        spans = segment_spans(segment_ids)
+        texts = self._segment_texts(output["completion_ids"], spans)
+        with rollout.timed("prm"):
+            from prpo.prm import validate_scores
 
-        The outcome ``o_i`` is the grader's verdict, or, with reward functions only, ``R_i`` above the
-        midpoint of ``wrong_reward`` and ``correct_reward``.
+            scores = validate_scores(self.prm.score([row_problem(row) for row in inputs], texts), texts)
+        token_scores = scores_to_tokens(scores, segment_ids).to(mask.device)
+        return Scored(segment_ids, spans, texts, scores, token_scores)
+
+    def _gather(self, inputs: list[dict[str, Any]], mask: Tensor, scored: Scored, outcomes: Outcomes) -> GlobalBatch:
+        """Stage 2: every process's rows, groups from the prompt ids (never positions).
+
+        A row every reward function returned None for (R = NaN, TRL gives it advantage 0) becomes a group
+        of its own with no valid token, so its A is 0 and the others' group statistics leave it out.
         """
-        spec = self.args.filter_spec()
-        if spec is None:
-            return torch.ones_like(group_ids, dtype=torch.bool)
-        if self.outcome_reward.grade_many is not None:
-            correct = self.accelerator.gather(torch.tensor(self.outcome_reward.correct, device=rewards.device))
-        else:
-            correct = rewards > (self.args.correct_reward + self.args.wrong_reward) / 2
-        name, options = spec
-        outcomes = AdvantageInputs(correct.float(), group_ids, mask, token_scores, segment_ids)
-        result = apply_filter(name, outcomes, **options)
-        for key, value in result.metrics(correct).items():
-            trl_surface.metrics(self, mode)[key].append(value)
-        return result.keep
+        device = mask.device
+        all_ids = gather_object([row_prompt_id(row) for row in inputs])
+        dense = {pid: i for i, pid in enumerate(dict.fromkeys(all_ids))}
+        group_ids = torch.tensor([dense[pid] for pid in all_ids], device=device)
+        rewards = self.accelerator.gather(outcomes.rewards.to(device))
+        unscorable = rewards.isnan()
+        group_ids = torch.where(unscorable, len(dense) + torch.arange(len(all_ids), device=device), group_ids)
+        all_mask = self._gather_rows(mask.long(), 0).bool()
+        token_scores = None if scored.token_scores is None else self._gather_rows(scored.token_scores, 0.0)
+        segment_ids = None if scored.segment_ids is None else self._gather_rows(scored.segment_ids.to(device), -1)
+        correct = None if outcomes.correct is None else self.accelerator.gather(outcomes.correct.to(device))
+        batch = mask.shape[0]
+        rows = slice(self.accelerator.process_index * batch, (self.accelerator.process_index + 1) * batch)
+        scorable = AdvantageInputs(rewards.nan_to_num(0.0), group_ids, all_mask & ~unscorable[:, None], token_scores,
+                                   segment_ids)
+        return GlobalBatch(scorable, all_mask, correct, rows)
+
+    def _apply(self, output: dict[str, Any], result: AdvantageResult, kept: Tensor, rows: slice, width: int) -> Tensor:
+        """Stage 4: this process's rows of ``A``; rollouts the filter dropped leave TRL's loss."""
+        if not kept.all():
+            trl_surface.drop_from_loss(output, kept[rows], self.accelerator.gather)
+        return result.advantages[rows, :width].contiguous()
 
     # ------------------------------------------------------------------ metrics and samples
 
-    def _log_step(self, mode: str, rewards: Tensor, group_ids: Tensor, mask: Tensor, result: AdvantageResult,
-                  token_scores: Tensor | None, segment_ids: Tensor | None, rollout: Rollout) -> None:
-        """The step's metrics: outcomes, the advantages and the method's own diagnostics, segments, PRM scores, entropy."""
+    def _log_step(self, mode: str, batch: GlobalBatch, result: AdvantageResult, filter_metrics: dict[str, float],
+                  rollout: Rollout) -> None:
+        """The step's metrics: outcomes, the filter's and the method's diagnostics, advantages, segments, PRM
+        scores, entropy."""
         from prpo.grading import extract_final_answer
 
         metrics = trl_surface.metrics(self, mode)
-        device = rewards.device
-        outcome = rewards  # with the default grader: its verdicts (R also carries the overlong penalty)
-        if self.outcome_reward.grade_many is not None:
-            outcome = correct = self.accelerator.gather(torch.tensor(self.outcome_reward.correct, device=device)).float()
-            metrics["accuracy"].append(correct.mean().item())
-        has_answer = torch.tensor([extract_final_answer(t) is not None for t in self.outcome_reward.texts], device=device)
+        inputs, mask = batch.inputs, batch.mask
+        outcome = inputs.outcome_rewards  # with the default grader: its verdicts (R also carries the overlong penalty)
+        if batch.correct is not None:
+            outcome = batch.correct.float()
+            metrics["accuracy"].append(outcome.mean().item())
+        has_answer = torch.tensor([extract_final_answer(t) is not None for t in rollout.outcomes.texts], device=mask.device)
         metrics["final_answer_rate"].append(self.accelerator.gather(has_answer).float().mean().item())
-        _, dense = torch.unique(group_ids, return_inverse=True)
+        _, dense = torch.unique(inputs.group_ids, return_inverse=True)
         n_groups = int(dense.max()) + 1
         low = outcome.new_full((n_groups,), math.inf).scatter_reduce_(0, dense, outcome, "amin")
         high = outcome.new_full((n_groups,), -math.inf).scatter_reduce_(0, dense, outcome, "amax")
@@ -502,10 +529,11 @@ class PRPOTrainer(GRPOTrainer):
         valid = result.advantages[mask]
         metrics["advantages/mean"].append(valid.mean().item())
         metrics["advantages/std"].append(valid.std(unbiased=False).item())
-        for key, value in result.metrics.items():
+        for key, value in {**filter_metrics, **result.metrics}.items():
             metrics[key].append(value)
-        if token_scores is None:
+        if inputs.token_scores is None:
             return
+        segment_ids, token_scores = inputs.segment_ids, inputs.token_scores
         counts = num_segments(segment_ids)
         metrics["segments/per_response"].append(counts.float().mean().item())
         metrics["segments/mean_length"].append((mask.sum() / counts.sum().clamp(min=1)).item())
@@ -517,7 +545,8 @@ class PRPOTrainer(GRPOTrainer):
             total, count = self.accelerator.reduce(rollout.entropy_sums, reduction="sum").tolist()
             metrics["sampling_entropy"].append(total / max(count, 1.0))
 
-    def _write_samples(self, inputs, spans, segment_texts, scores, advantages, mask, kept) -> None:
+    def _write_samples(self, inputs: list[dict[str, Any]], scored: Scored, outcomes: Outcomes, advantages: Tensor,
+                       mask: Tensor, kept: list[bool]) -> None:
         """Append up to `samples_per_step` rows (whole process batches first) to samples.jsonl.
 
         ``kept[i]``: whether the rollout filter kept row i (always True without a filter).
@@ -525,12 +554,12 @@ class PRPOTrainer(GRPOTrainer):
         limit = self.args.samples_per_step
         per_process = len(inputs) if limit < 0 else min(len(inputs), -(-limit // self.accelerator.num_processes))
         lengths = mask.sum(dim=1).tolist()
-        spans = spans if spans is not None else [[(0, n)] for n in lengths]
-        reward = self.outcome_reward
+        spans = scored.spans if scored.spans is not None else [[(0, n)] for n in lengths]
+        rewards = outcomes.rewards.tolist()
         rows = []
         for i in range(per_process):
-            texts = segment_texts[i] if segment_texts is not None else [reward.texts[i]]
-            seg_scores = scores[i] if scores is not None else [None] * len(texts)
+            texts = scored.texts[i] if scored.texts is not None else [outcomes.texts[i]]
+            seg_scores = scored.scores[i] if scored.scores is not None else [None] * len(texts)
             segments = [
                 {"text": text, "tokens": end - start, "prm_score": score,
                  "advantage_mean": advantages[i, start:end].mean().item() if end > start else 0.0}
@@ -538,9 +567,9 @@ class PRPOTrainer(GRPOTrainer):
             ]
             rows.append({
                 "step": self.state.global_step + 1, "prompt_id": row_prompt_id(inputs[i]), "prompt": inputs[i]["prompt"],
-                "problem": row_problem(inputs[i]), "answer": inputs[i].get("answer"), "response": reward.texts[i],
-                "length": lengths[i], "correct": reward.correct[i] if reward.grade_many is not None else None,
-                "reward": None if math.isnan(reward.rewards[i]) else reward.rewards[i], "kept": kept[i], "segments": segments,
+                "problem": row_problem(inputs[i]), "answer": inputs[i].get("answer"), "response": outcomes.texts[i],
+                "length": lengths[i], "correct": None if outcomes.correct is None else bool(outcomes.correct[i]),
+                "reward": None if math.isnan(rewards[i]) else rewards[i], "kept": kept[i], "segments": segments,
             })
         rows = gather_object(rows)
         if self.accelerator.is_main_process:
