@@ -39,6 +39,35 @@ def _args(tmp_path, **overrides) -> PRPOConfig:
     return PRPOConfig(**{**values, **overrides})
 
 
+class KLBatch:
+    """A loss batch with A = 0 (the loss is the KL term alone) and a reference ~0.5 nats off the policy."""
+
+    def __init__(self, trainer: PRPOTrainer):
+        torch.manual_seed(0)
+        self.trainer, self.model = trainer, trainer.model
+        batch, prompt_len, self.width = 2, 5, 6
+        self.mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+        prompt_ids = torch.randint(0, 1000, (batch, prompt_len))
+        completion_ids = torch.randint(0, 1000, (batch, self.width))
+        self.input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        self.attention = torch.cat([torch.ones(batch, prompt_len, dtype=torch.long), self.mask], dim=1)
+        with torch.no_grad():
+            self.ref = self.logps() + 0.5 * torch.randn(batch, self.width)
+        self.inputs = {
+            "prompt_ids": prompt_ids, "prompt_mask": torch.ones(batch, prompt_len, dtype=torch.long),
+            "completion_ids": completion_ids, "completion_mask": self.mask, "num_items_in_batch": self.mask.sum(),
+            "advantages": torch.zeros(batch, self.width), "ref_per_token_logps": self.ref.clone(),
+        }
+
+    def logps(self) -> torch.Tensor:
+        return self.trainer._get_per_token_logps_and_entropies(self.model, self.input_ids, self.attention, self.width)[0]
+
+    def grad(self, loss: torch.Tensor) -> torch.Tensor:
+        self.model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in self.model.parameters() if p.grad is not None])
+
+
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_kl_gradient_is_the_plain_k3_gradient(bias_correction, tiny_causal_lm_dir, tmp_path):
     """With A = 0 the loss is beta * token-mean k3, k3 = exp(r) - r - 1, r = logp_ref - logp.
@@ -48,33 +77,10 @@ def test_kl_gradient_is_the_plain_k3_gradient(bias_correction, tiny_causal_lm_di
     """
     args = _args(tmp_path, beta=0.5, use_bias_correction_kl=bias_correction)
     trainer = PRPOTrainer(str(tiny_causal_lm_dir), args=args, train_dataset=_dataset(), prm=HalfPRM(), grader=_grader)
-    model = trainer.model
-    torch.manual_seed(0)
-    batch, prompt_len, width = 2, 5, 6
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
-    prompt_ids = torch.randint(0, 1000, (batch, prompt_len))
-    completion_ids = torch.randint(0, 1000, (batch, width))
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention = torch.cat([torch.ones(batch, prompt_len, dtype=torch.long), mask], dim=1)
-
-    def logps() -> torch.Tensor:
-        return trainer._get_per_token_logps_and_entropies(model, input_ids, attention, width)[0]
-
-    with torch.no_grad():
-        ref = logps() + 0.5 * torch.randn(batch, width)  # a reference model that disagrees by ~0.5 nats
-    inputs = {
-        "prompt_ids": prompt_ids, "prompt_mask": torch.ones(batch, prompt_len, dtype=torch.long),
-        "completion_ids": completion_ids, "completion_mask": mask, "num_items_in_batch": mask.sum(),
-        "advantages": torch.zeros(batch, width), "ref_per_token_logps": ref,
-    }
-
-    def grad(loss: torch.Tensor) -> torch.Tensor:
-        model.zero_grad()
-        loss.backward()
-        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-    trl_grad = grad(trainer.compute_loss(model, inputs))
-    logp = logps()
+    kl = KLBatch(trainer)
+    mask, ref, grad = kl.mask, kl.ref, kl.grad
+    trl_grad = grad(trainer.compute_loss(kl.model, kl.inputs))
+    logp = kl.logps()
     r = ref - logp
     k3 = torch.exp(r) - r - 1
     plain = grad(0.5 * (k3 * mask).sum() / mask.sum())
@@ -146,35 +152,12 @@ def test_trainer_loss_with_kl_clamp_is_verls_and_leaves_the_batch_alone(tiny_cau
     the reference in the batch TRL keeps is not touched."""
     args = _args(tmp_path, beta=0.5, kl_clamp=0.05)  # a small cap, so that both sides of it occur
     trainer = PRPOTrainer(str(tiny_causal_lm_dir), args=args, train_dataset=_dataset(), prm=HalfPRM(), grader=_grader)
-    model = trainer.model
-    torch.manual_seed(0)
-    batch, prompt_len, width = 2, 5, 6
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
-    prompt_ids = torch.randint(0, 1000, (batch, prompt_len))
-    completion_ids = torch.randint(0, 1000, (batch, width))
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention = torch.cat([torch.ones(batch, prompt_len, dtype=torch.long), mask], dim=1)
-
-    def logps() -> torch.Tensor:
-        return trainer._get_per_token_logps_and_entropies(model, input_ids, attention, width)[0]
-
-    with torch.no_grad():
-        ref = logps() + 0.5 * torch.randn(batch, width)
-    inputs = {
-        "prompt_ids": prompt_ids, "prompt_mask": torch.ones(batch, prompt_len, dtype=torch.long),
-        "completion_ids": completion_ids, "completion_mask": mask, "num_items_in_batch": mask.sum(),
-        "advantages": torch.zeros(batch, width), "ref_per_token_logps": ref.clone(),
-    }
-
-    def grad(loss: torch.Tensor) -> torch.Tensor:
-        model.zero_grad()
-        loss.backward()
-        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-    loss = trainer.compute_loss(model, inputs)
+    kl = KLBatch(trainer)
+    mask, ref, grad, inputs = kl.mask, kl.ref, kl.grad, kl.inputs
+    loss = trainer.compute_loss(kl.model, inputs)
     trl_grad = grad(loss)
     assert torch.equal(inputs["ref_per_token_logps"], ref)
-    logp = logps()
+    logp = kl.logps()
     verl = _verl_low_var_kl(ref, logp, 0.05)
     assert ((verl == 0.05) & (mask == 1)).any() and ((verl < 0.05) & (mask == 1)).any()
     expected = 0.5 * (verl * mask).sum() / mask.sum()
