@@ -74,7 +74,7 @@ def synthetic_responses(solution: str, samples: int, slip: float, rng: random.Ra
 
 
 def sampled_responses(policy: str, problems: list, task, samples: int, device: str) -> list[list[str]]:
-    from prpo.generation import make_generator
+    from prpo.evaluation.generation import make_generator
 
     generator = make_generator(policy, backend="hf", device=device, batch_size=64)
     completions = generator.generate([task.prompt(e) for e in problems], max_new_tokens=128, temperature=1.0,

@@ -18,11 +18,11 @@ import tempfile
 from collections import defaultdict
 
 from prpo.advantages import get_method
-from prpo.config import PRPOConfig
+from prpo.training.config import PRPOConfig
 from prpo.models import resolve_model
 from prpo.prm import load_prm
 from prpo.tasks import load_task
-from prpo.trainer import PRPOTrainer
+from prpo.training.trainer import PRPOTrainer
 
 def run(method: str, args: argparse.Namespace, model_path: str, task, output_dir: str) -> list[dict]:
     """One training run; the logged rows of its steps after the first."""

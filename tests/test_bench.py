@@ -34,10 +34,10 @@ from prpo.bench.summary import (
 )
 from prpo.bench.warmstart import warm_start_rows
 from prpo.prm import PRMError
-from prpo.prm.family import FamilyPRM
+from prpo.bench.prm import FamilyPRM
 from prpo.tasks import Example, Task
 from prpo.tasks.arithmetic import Step, answer_matches, write_solution
-from prpo.tasks.family import Level, load_family
+from prpo.bench.family import Level, load_family
 
 
 @dataclass(frozen=True)

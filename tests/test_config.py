@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from prpo.commands import train as train_command
-from prpo.config import ConfigError, PRPOConfig, derive_accumulation
-from prpo.run_config import apply_overrides, build_config, load_config, parse_value
+from prpo.training.config import ConfigError, PRPOConfig, derive_accumulation
+from prpo.training.run_config import apply_overrides, build_config, load_config, parse_value
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASE = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from prpo.commands.eval import main as eval_main
-from prpo.evaluation import (
+from prpo.evaluation.evaluate import (
     EvalResult,
     accuracy_interval,
     append_partial,
@@ -22,7 +22,7 @@ from prpo.evaluation import (
     pass_at_k_values,
     read_partial,
 )
-from prpo.generation import Completion
+from prpo.evaluation.generation import Completion
 from prpo.tasks import load_task
 
 # ---------------------------------------------------------------------------------------------

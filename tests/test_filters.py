@@ -12,9 +12,9 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prpo import trl_surface
+from prpo.training import trl_surface
 from prpo.advantages import ADVANTAGES, AdvantageInputs, advantages_on_kept, compute_advantages
-from prpo.config import ConfigError, PRPOConfig
+from prpo.training.config import ConfigError, PRPOConfig
 from prpo.filters import (
     FILTERS,
     FilterResult,
@@ -24,7 +24,7 @@ from prpo.filters import (
     removal_counts,
 )
 from prpo.reference import consistency_filter_rows
-from prpo.trainer import PRPOTrainer
+from prpo.training.trainer import PRPOTrainer
 
 
 def batch_of(rows: list[list[tuple[float, int]]], width: int) -> dict[str, torch.Tensor]:
@@ -341,7 +341,7 @@ def test_prof_trains_one_step_on_the_kept_half(tiny_causal_lm_dir, tmp_path):
 
 
 def test_report_marks_dropped_samples():
-    from prpo.report import sample_html
+    from prpo.training.report import sample_html
 
     sample = {"step": 1, "prompt_id": "p", "correct": True, "reward": 1.0, "length": 2, "answer": "7", "problem": "q",
               "segments": [{"text": "ab", "tokens": 2, "prm_score": 0.4, "advantage_mean": 0.0}]}

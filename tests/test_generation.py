@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prpo.generation import HFGenerator, make_generator, render_prompt, stop_token_ids, vllm_available
+from prpo.evaluation.generation import HFGenerator, make_generator, render_prompt, stop_token_ids, vllm_available
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
 PROMPTS = [

@@ -7,8 +7,8 @@ import torch
 from conftest import assert_close_scaled
 from datasets import Dataset
 
-from prpo.config import PRPOConfig
-from prpo.trainer import PRPOTrainer
+from prpo.training.config import PRPOConfig
+from prpo.training.trainer import PRPOTrainer
 
 
 class HalfPRM:
@@ -139,7 +139,7 @@ def test_clamped_reference_gives_verls_value_and_gradient(kl_max):
 
 
 def test_kl_clamp_bounds_are_checked():
-    from prpo.config import ConfigError
+    from prpo.training.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"kl_clamp.*kl_max must be in \(0, 19"):
         PRPOConfig(output_dir="x", kl_clamp=25.0, use_cpu=True)

@@ -187,7 +187,7 @@ def _save_lora_adapter(base: Path, folder: Path, base_reference: str):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from prpo.model_card import name_adapter_base
+    from prpo.training.model_card import name_adapter_base
 
     torch.manual_seed(1)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),

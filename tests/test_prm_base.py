@@ -81,18 +81,19 @@ def test_load_errors_are_clear(tmp_path):
 
 
 def test_prm_package_imports_no_layer_above_it():
-    """`prpo.prm` knows every PRM type and loads ``bench_family`` without importing `prpo.bench`."""
-    code = ("import sys, prpo.prm; prpo.prm.PRM_REGISTRY.lookup('bench_family'); "
-            "print([m for m in sys.modules if m.startswith('prpo.bench')]); "
-            "print('bench_family' in prpo.prm.PRM_REGISTRY)")
+    """`prpo.prm` knows every PRM type without importing `prpo.bench`; naming ``bench_family`` loads the
+    benchmark's PRM module alone (not its runner, nor the trainer)."""
+    code = ("import sys, prpo.prm; print([m for m in sys.modules if m.startswith('prpo.bench')]); "
+            "print('bench_family' in prpo.prm.PRM_REGISTRY.names()); prpo.prm.PRM_REGISTRY.lookup('bench_family'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('prpo.bench', 'prpo.training'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert out.stdout.split() == ["[]", "True"]
+    assert out.stdout.splitlines() == ["[]", "True", "['prpo.bench', 'prpo.bench.family', 'prpo.bench.prm']"]
 
 def test_the_core_loads_without_transformers_or_trl():
     """What another trainer needs (advantages, segmentation, filters, registries, the PRM protocol and the
     HTTP client) imports with torch, httpx and PyYAML alone; an adapter loads its libraries when named."""
     core = "prpo.advantages prpo.segmentation prpo.filters prpo.registry prpo.prm prpo.prm.base prpo.prm.remote"
-    heavy = ["transformers", "trl", "accelerate", "datasets", "prpo.tasks", "prpo.trainer"]
+    heavy = ["transformers", "trl", "accelerate", "datasets", "prpo.tasks", "prpo.training.trainer"]
     code = (f"import sys, importlib; [importlib.import_module(m) for m in {core.split()!r}]; "
             f"print([m for m in {heavy!r} if m in sys.modules]); "
             "import prpo.prm; prpo.prm.load_prm({'type': 'remote', 'url': 'http://127.0.0.1:1'}); "

@@ -131,8 +131,8 @@ def test_clip_share_counts_the_tokens_the_outcome_overruled():
 
 def test_selectable_from_yaml_python_and_the_bench(tmp_path):
     from prpo.bench.runner import METHODS
-    from prpo.config import ConfigError, PRPOConfig
-    from prpo.run_config import build_config
+    from prpo.training.config import ConfigError, PRPOConfig
+    from prpo.training.run_config import build_config
 
     run = build_config({"model": {"model_name_or_path": "m"}, "task": {"name": "arithmetic"}, "method": "prpo_sp",
                         "prm": {"type": "arithmetic"}, "advantage_options": {"uniform_group_scale": 1.0},

@@ -13,8 +13,8 @@ import pytest
 
 from prpo.cli import main as cli_main
 from prpo.commands.eval import main as eval_main
-from prpo.evaluation import accuracy_interval
-from prpo.training_run import before_after_table
+from prpo.evaluation.evaluate import accuracy_interval
+from prpo.training.run import before_after_table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

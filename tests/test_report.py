@@ -6,7 +6,7 @@ import json
 
 
 from prpo.commands.report import main as report_main
-from prpo.report import advantage_colour, build_report
+from prpo.training.report import advantage_colour, build_report
 
 
 def _run_dir(tmp_path):

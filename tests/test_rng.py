@@ -13,10 +13,10 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, Qwen2ForCausalLM, TrainerCallback
 
-from prpo.config import PRPOConfig
-from prpo.evaluation import evaluate_model
+from prpo.training.config import PRPOConfig
+from prpo.evaluation.evaluate import evaluate_model
 from prpo.tasks import load_task
-from prpo.trainer import PRPOTrainer
+from prpo.training.trainer import PRPOTrainer
 
 TASK = load_task("arithmetic", split="test", limit=3, seed=0)
 

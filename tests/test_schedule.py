@@ -14,9 +14,9 @@ import torch
 from datasets import Dataset
 from transformers import get_scheduler
 
-from prpo.config import ConfigError, PRPOConfig
-from prpo.run_config import load_config
-from prpo.trainer import PRPOTrainer
+from prpo.training.config import ConfigError, PRPOConfig
+from prpo.training.run_config import load_config
+from prpo.training.trainer import PRPOTrainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

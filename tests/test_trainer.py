@@ -24,9 +24,9 @@ from datasets import Dataset
 from prpo import advantages as adv
 from prpo import reference
 from prpo.advantages import ADVANTAGES
-from prpo.config import PRPOConfig
+from prpo.training.config import PRPOConfig
 from prpo.tasks.rows import check_dataset
-from prpo.trainer import PRPOTrainer
+from prpo.training.trainer import PRPOTrainer
 
 REQUIRED_METRICS = [
     "reward", "accuracy", "completions/mean_length", "completions/min_length", "completions/max_length",

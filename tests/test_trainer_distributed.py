@@ -25,7 +25,7 @@ SCRIPT = r'''
 import json, sys
 sys.path.insert(0, sys.argv[3])
 from accelerate.utils import gather_object
-from prpo.trainer import PRPOTrainer
+from prpo.training.trainer import PRPOTrainer
 from test_trainer_step import WordPRM, answer_grader, run_step, step_config, step_dataset
 
 model_dir, out_path = sys.argv[1], sys.argv[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from prpo.metrics import CollapseMonitor, RunFiles
+from prpo.training.metrics import CollapseMonitor, RunFiles
 
 
 def feed(monitor: CollapseMonitor, lengths: list[float], rates: list[float]) -> list[str | None]:

@@ -17,11 +17,11 @@ import torch
 from datasets import Dataset
 from test_trainer import policy_dir, policy_entropy  # noqa: F401  (policy_dir: a fixture)
 
-from prpo import trl_surface
-from prpo.config import PRPOConfig
+from prpo.training import trl_surface
+from prpo.training.config import PRPOConfig
 from prpo.grading import extract_final_answer
-from prpo.rewards import OutcomeReward
-from prpo.trainer import PRPOTrainer, Rollout
+from prpo.training.rewards import OutcomeReward
+from prpo.training.trainer import PRPOTrainer, Rollout
 
 PROBLEMS = {"q0": ("What is 3 + 4?", "7"), "q1": ("What is 12 + 5?", "17")}
 OK, NO, SO = "ok ok\n\n", "no no\n\n", "so so\n\n"  # 3 tokens each: 'ok', ' ok', '\n\n'

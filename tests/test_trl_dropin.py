@@ -15,11 +15,11 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import GRPOTrainer
 
-from prpo.config import ConfigError, PRPOConfig
+from prpo.training.config import ConfigError, PRPOConfig
 from prpo.prm import FunctionPRM, PRMError, as_prm
-from prpo.rewards import OutcomeReward, declared_reward_range, outcome_reward_range
+from prpo.training.rewards import OutcomeReward, declared_reward_range, outcome_reward_range
 from prpo.tasks.rows import check_dataset, prompt_key, row_problem, row_prompt_id
-from prpo.trainer import PRPOTrainer
+from prpo.training.trainer import PRPOTrainer
 
 from conftest import REPO_ROOT
 
@@ -179,7 +179,7 @@ def test_reward_range_is_taken_from_the_reward_functions_when_each_declares_it(c
     assert declared_reward_range([with_range(0, 1), with_range(0, 1)], None) == (0.0, 2.0)
     assert declared_reward_range([with_range(0, 1), len], None) is None  # one undeclared: unknown
     args = PRPOConfig(output_dir="unused", use_cpu=True)
-    with caplog.at_level("WARNING", logger="prpo.rewards"):
+    with caplog.at_level("WARNING", logger="prpo.training.rewards"):
         assert outcome_reward_range(with_range(0, 1), args) == (0.0, 1.0)  # a single function, as TRL accepts
         assert not caplog.records
         assert outcome_reward_range([len], args) is None
@@ -195,7 +195,7 @@ def test_reward_range_with_the_built_in_grader_is_refused():
     args = PRPOConfig(output_dir="u", use_cpu=True, prm={"type": "arithmetic"}, reward_range=[0, 1])
     with pytest.raises(ValueError, match="reward_range=.*mapped twice: remove reward_range"):
         PRPOTrainer("not-loaded", args=args)  # refused before the model is loaded
-    from prpo.run_config import build_config
+    from prpo.training.run_config import build_config
 
     with pytest.raises(ConfigError) as info:
         build_config({"model": {"model_name_or_path": "x"}, "task": {"name": "arithmetic"}, "reward_range": [0, 1],

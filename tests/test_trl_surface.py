@@ -1,4 +1,4 @@
-"""prpo's use of TRL's private surface (prpo.trl_surface): holds for the installed TRL, and a change is named."""
+"""prpo's use of TRL's private surface (prpo.training.trl_surface): holds for the installed TRL, and a change is named."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import inspect
 import pytest
 import trl
 
-from prpo import trl_surface
-from prpo.trainer import PRPOTrainer
+from prpo.training import trl_surface
+from prpo.training.trainer import PRPOTrainer
 
 
 def test_the_installed_trl_has_every_hook_attribute_and_fact_prpo_relies_on():
@@ -62,7 +62,7 @@ def test_check_raises_with_the_list(monkeypatch):
     monkeypatch.setattr(trl_surface, "problems", lambda: ["hook _generate: not a method of GRPOTrainer"])
     trl_surface.check.cache_clear()
     try:
-        with pytest.raises(RuntimeError, match=r"changed \(prpo/trl_surface.py\):\n- hook _generate"):
+        with pytest.raises(RuntimeError, match=r"changed \(prpo/training/trl_surface.py\):\n- hook _generate"):
             trl_surface.check()
     finally:
         trl_surface.check.cache_clear()

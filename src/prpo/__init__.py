@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 # Public name -> module that defines it.
 _EXPORTS = {
-    "PRPOTrainer": "prpo.trainer",
-    "PRPOConfig": "prpo.config",
-    "ConfigError": "prpo.config",
-    "load_config": "prpo.run_config",
+    "PRPOTrainer": "prpo.training.trainer",
+    "PRPOConfig": "prpo.training.config",
+    "ConfigError": "prpo.training.config",
+    "load_config": "prpo.training.run_config",
     "compute_advantages": "prpo.advantages",
     "register_advantage": "prpo.advantages",
     "ADVANTAGES": "prpo.advantages",
@@ -31,12 +31,12 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from prpo.advantages import ADVANTAGES, compute_advantages, register_advantage
-    from prpo.config import ConfigError, PRPOConfig
+    from prpo.training.config import ConfigError, PRPOConfig
     from prpo.grading import is_correct
     from prpo.prm import ProcessRewardModel, load_prm, register_prm
-    from prpo.run_config import load_config
+    from prpo.training.run_config import load_config
     from prpo.tasks import load_task
-    from prpo.trainer import PRPOTrainer
+    from prpo.training.trainer import PRPOTrainer
 
 
 def __getattr__(name: str) -> Any:

@@ -34,7 +34,7 @@ from prpo.prm.arithmetic import ArithmeticPRM, find_reference
 from prpo.prm.arithmetic_text import problem_numbers
 from prpo.tasks import Example, Task
 from prpo.tasks.arithmetic import OPERATORS, ArithmeticConfig, Step, answer_matches, generate, write_solution
-from prpo.tasks.family import Level
+from prpo.bench.family import Level
 from prpo.tasks.templates import Template, register_template
 
 TEMPLATE = register_template(
@@ -116,7 +116,7 @@ def bench_task(split: str, n: int, steps: tuple[int, int], seed: int) -> Task:
 
 @dataclass(frozen=True)
 class ArithmeticChains:
-    """The arithmetic task family (`prpo.tasks.family.TaskFamily`): terse chains, three error sites.
+    """The arithmetic task family (`prpo.bench.family.TaskFamily`): terse chains, three error sites.
 
     Levels (fixed before any run; see docs/bench.md): easy 2-3 steps, medium 4-5, hard 6-8. The
     step checker is the `arithmetic` PRM's reference-mode verifier (each equation true and a step of

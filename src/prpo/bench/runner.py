@@ -29,11 +29,11 @@ from transformers.utils import logging as hf_logging
 from prpo.advantages import ADVANTAGES
 from prpo.bench.policy import SIZES as POLICY_SIZES
 from prpo.bench.policy import PolicySize, load_char_tokenizer
-from prpo.metrics import read_jsonl
+from prpo.training.metrics import read_jsonl
 from prpo.prm import load_prm
-from prpo.prm.family import NOISE, QUALITIES
+from prpo.bench.prm import NOISE, QUALITIES
 from prpo.provenance import PROVENANCE_FILE, now, provenance, record_finish, record_start
-from prpo.tasks.family import load_family
+from prpo.bench.family import load_family
 
 METHODS = tuple(ADVANTAGES)  # every registered advantage method, in registration order
 EVAL_SPLITS = ("test", "validation")
@@ -122,7 +122,7 @@ class HeldOutEval(TrainerCallback):
         if step == 0 and self.step0_cache is not None and self.step0_cache.exists():
             self._append(json.loads(self.step0_cache.read_text()))
             return
-        from prpo.evaluation import evaluate_model
+        from prpo.evaluation.evaluate import evaluate_model
 
         greedy = evaluate_model(model, tokenizer, self.task, max_new_tokens=self.max_new_tokens,
                                 batch_size=len(self.task), progress=False)
@@ -184,9 +184,9 @@ def run_one(spec: RunSpec, threads: int) -> str:
     """Train one (level, PRM quality, method, seed) from its warm start; record metrics and held-out accuracy."""
     import torch
 
-    from prpo.config import PRPOConfig
-    from prpo.tasks.family import level_named
-    from prpo.trainer import PRPOTrainer
+    from prpo.training.config import PRPOConfig
+    from prpo.bench.family import level_named
+    from prpo.training.trainer import PRPOTrainer
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()

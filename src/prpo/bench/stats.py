@@ -16,7 +16,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from prpo.evaluation import accuracy_interval
+from prpo.evaluation.evaluate import accuracy_interval
 
 ENDED_COLLAPSED_ACCURACY = 0.5  # of the level's start (the warm start's greedy accuracy)
 ENDED_COLLAPSED_ANSWER_RATE = 0.5

@@ -3,7 +3,7 @@
 Collapse, as fixed before any run (docs/bench.md): a run has collapsed at the first held-out
 evaluation where its greedy accuracy lies `COLLAPSE_ACCURACY_DROP` (15 points) or more below its
 best so far, or its final-answer rate or mean response length lies `COLLAPSE_RELATIVE_DROP` (30%)
-or more below its best (highest) so far. The in-training monitor (`prpo.metrics.CollapseMonitor`,
+or more below its best (highest) so far. The in-training monitor (`prpo.training.metrics.CollapseMonitor`,
 final-answer rate down 30% while the training length moves 30% either way) is scored against it:
 hits, misses, false alarms.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prpo.bench.runner import EVAL_FILE
 from prpo.bench.stats import compare, ended_collapsed, mean_ci, wilson
-from prpo.metrics import METRICS_FILE, SAMPLES_FILE, CollapseMonitor, read_jsonl
+from prpo.training.metrics import METRICS_FILE, SAMPLES_FILE, CollapseMonitor, read_jsonl
 from prpo.provenance import describe, read_provenance
 
 COLLAPSE_ACCURACY_DROP = 0.15
@@ -108,7 +108,7 @@ def collapse_step(evals: list[dict]) -> int | None:
 
 
 def monitor_fired(run: dict, window: int = 3) -> bool:
-    """Whether the in-training collapse monitor of `prpo.metrics` fires at any step of the run."""
+    """Whether the in-training collapse monitor of `prpo.training.metrics` fires at any step of the run."""
     monitor = CollapseMonitor(window=window)
     return any(monitor.update(row) is not None for row in run["train"])
 

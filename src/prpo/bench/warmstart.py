@@ -10,7 +10,7 @@ from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from prpo.bench.policy import PolicySize, build_policy, char_tokenizer
-from prpo.tasks.family import TaskFamily
+from prpo.bench.family import TaskFamily
 
 
 def warm_start_rows(family: TaskFamily, problems: int, seed: int) -> list[dict[str, str]]:

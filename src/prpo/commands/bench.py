@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from prpo.bench.runner import DEFAULT_FAMILY, EVAL_SPLITS, METHODS, SIZES
-from prpo.prm.family import QUALITIES
+from prpo.bench.prm import QUALITIES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu: the headline matrix for 2 cores (time in docs/bench.md); gpu: sized for one H100/H200-class GPU; "
                         "smoke: seconds, for CI")
     parser.add_argument("--family", default=DEFAULT_FAMILY,
-                        help="task family MODULE:NAME or path/to/file.py:NAME (interface: prpo.tasks.family)")
+                        help="task family MODULE:NAME or path/to/file.py:NAME (interface: prpo.bench.family)")
     parser.add_argument("--levels", nargs="+", default=None, help="difficulty levels to run (default: all of the family's)")
     parser.add_argument("--prm", nargs="+", choices=QUALITIES, default=["clean"], dest="qualities",
                         help="PRM qualities: clean (default), noisy (verdicts flipped at random), biased (uncheckable "

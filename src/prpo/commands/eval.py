@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, output: Path) -> int:
-    from prpo.evaluation import evaluate
-    from prpo.generation import Sampling, make_generator
+    from prpo.evaluation.evaluate import evaluate
+    from prpo.evaluation.generation import Sampling, make_generator
     from prpo.tasks import load_task
 
     Sampling(args.max_new_tokens, args.temperature, args.top_p, args.samples)  # checks the settings before loading

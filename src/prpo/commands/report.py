@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a run directory written by `prpo train`")
     parser.add_argument("--samples-per-step", type=int, default=4, help="responses shown per step")
     args = parser.parse_args(argv)
-    from prpo.report import build_report
+    from prpo.training.report import build_report
 
     try:
         path = build_report(args.run_dir, samples_per_step=args.samples_per_step)

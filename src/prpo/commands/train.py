@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prpo.config import ConfigError
-from prpo.run_config import RunConfig, TaskConfig, load_config
+from prpo.training.config import ConfigError
+from prpo.training.run_config import RunConfig, TaskConfig, load_config
 from prpo.models import SMOLLM2_ALIAS, cache_root, smollm2_gguf
 
 BUNDLED = Path(__file__).resolve().parents[1] / "configs"  # package data; `configs/` in a checkout links here
@@ -147,11 +147,11 @@ def dry_run(config: RunConfig) -> None:
 def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART) -> None:
     from trl import get_peft_config, get_quantization_config
 
-    from prpo.model_card import ModelCard, header_comment
+    from prpo.training.model_card import ModelCard, header_comment
     from prpo.provenance import record_finish, record_start
 
-    from prpo.training_run import train_and_report
-    from prpo.trainer import PRPOTrainer
+    from prpo.training.run import train_and_report
+    from prpo.training.trainer import PRPOTrainer
 
     args = config.training
     task = load_task_section(config.task, "task")

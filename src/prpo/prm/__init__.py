@@ -2,8 +2,8 @@
 
 Adapters, chosen by `type` in a config: `step_tag` (Qwen2.5-Math-PRM family), `shepherd`
 (Math-Shepherd-style causal LMs), `arithmetic` (rule-based verifier), `remote` (HTTP client of
-`prpo serve-prm`), `cached` (LRU cache around another PRM), `bench_family` (the benchmark's PRM
-on a task family's step checker, `prpo.prm.family.FamilyPRM`).
+`prpo serve-prm`), `cached` (LRU cache around another PRM); `bench_family`, the benchmark's PRM on a
+task family's step checker, lives with the benchmark (`prpo.bench.prm.FamilyPRM`) and loads by name.
 
 The protocol and `load_prm` load eagerly and need only PyYAML; each adapter is imported when it is
 first named (by `load_prm`, or as an attribute of this package), so `import prpo.prm` or
@@ -31,7 +31,6 @@ from prpo.prm.base import (
 _ADAPTERS = {
     "ArithmeticPRM": "prpo.prm.arithmetic",
     "CachedPRM": "prpo.prm.cached",
-    "FamilyPRM": "prpo.prm.family",
     "RemotePRM": "prpo.prm.remote",
     "ShepherdPRM": "prpo.prm.shepherd",
     "StepTagPRM": "prpo.prm.step_tag",
@@ -40,7 +39,6 @@ _ADAPTERS = {
 if TYPE_CHECKING:
     from prpo.prm.arithmetic import ArithmeticPRM
     from prpo.prm.cached import CachedPRM
-    from prpo.prm.family import FamilyPRM
     from prpo.prm.remote import RemotePRM
     from prpo.prm.shepherd import ShepherdPRM
     from prpo.prm.step_tag import StepTagPRM

@@ -105,7 +105,7 @@ class PRMType:
 
 # The built-in adapters, imported when first named: the Hugging Face ones load transformers, the
 # remote client httpx; `prpo.prm.base` itself needs neither.
-BUILTIN_PRMS = {"arithmetic": "prpo.prm.arithmetic", "bench_family": "prpo.prm.family", "cached": "prpo.prm.cached",
+BUILTIN_PRMS = {"arithmetic": "prpo.prm.arithmetic", "bench_family": "prpo.bench.prm", "cached": "prpo.prm.cached",
                 "remote": "prpo.prm.remote", "shepherd": "prpo.prm.shepherd", "step_tag": "prpo.prm.step_tag"}
 PRM_REGISTRY: Registry[PRMType] = Registry("PRM type", lazy=BUILTIN_PRMS)
 

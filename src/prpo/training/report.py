@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from prpo.metrics import METRICS_FILE, SAMPLES_FILE, read_jsonl
+from prpo.training.metrics import METRICS_FILE, SAMPLES_FILE, read_jsonl
 
 CURVES_FILE = "curves.png"
 REPORT_FILE = "report.html"

@@ -16,7 +16,7 @@ A family is any object with these members (see `TaskFamily`; `prpo.bench.arithme
 
 A researcher's own structured task is one ``.py`` file holding such an object:
 ``prpo bench --family path/to/my_family.py:FAMILY``. The PRM on a family's checker is
-`prpo.prm.family.FamilyPRM`, the PRM type ``bench_family``.
+`prpo.bench.prm.FamilyPRM`, the PRM type ``bench_family``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def load_family(spec: str) -> TaskFamily:
         raise ValueError(f"--family {spec!r}: {module_name} has no attribute {attr!r}")
     missing = [m for m in ("name", "levels", "task", "warm_solution", "evidence") if not hasattr(family, m)]
     if missing:
-        raise ValueError(f"--family {spec!r}: {attr} lacks {', '.join(missing)} (see prpo.tasks.family.TaskFamily)")
+        raise ValueError(f"--family {spec!r}: {attr} lacks {', '.join(missing)} (see prpo.bench.family.TaskFamily)")
     if not family.levels:
         raise ValueError(f"--family {spec!r}: {attr}.levels is empty; give at least one Level")
     return family

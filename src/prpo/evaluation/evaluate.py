@@ -4,7 +4,7 @@
     result = evaluate_model(model, tokenizer, task, max_new_tokens=1024)
     result.summary["accuracy"], result.records[0]["extracted_answer"]
 
-`evaluate` runs any `prpo.generation.Generator` (HF or vLLM); `evaluate_model` wraps an in-memory
+`evaluate` runs any `prpo.evaluation.generation.Generator` (HF or vLLM); `evaluate_model` wraps an in-memory
 model (the trainer's periodic evaluation). Grading is the task's (`prpo.grading`: math-verify in
 time-bounded processes, or the arithmetic task's exact match). A response without a final answer,
 or with one math-verify cannot parse, counts as wrong; both are counted in the summary.
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prpo.generation import Completion, Generator, HFGenerator
+from prpo.evaluation.generation import Completion, Generator, HFGenerator
 from prpo.grading import extract_final_answer, grading_stats
 from prpo.tasks import Example, Task
 

@@ -7,7 +7,7 @@ training with 95% intervals, and the run report (curves PNG + credit-assignment 
 The held-out evaluation is greedy pass@1 on the `eval_task` problems (`prpo.evaluation.evaluate_model`),
 run on the initial policy, then on the trained one. Every process evaluates all problems (ZeRO-3
 needs every rank inside `generate`); the main process writes `eval/{before,after}/` (records and
-summary), `eval_before_after.json` (what `prpo.report` shows) and the report. On `--resume` the
+summary), `eval_before_after.json` (what `prpo.training.report` shows) and the report. On `--resume` the
 "before" result of the interrupted run is reused.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 
 from transformers import ProgressCallback
 
-from prpo.evaluation import EvalResult, evaluate_model, mcnemar_improvement, paired_correctness
-from prpo.metrics import read_jsonl
-from prpo.model_card import ModelCard, ModelCardCallback, name_adapter_base
-from prpo.report import BEFORE_AFTER_FILE, accuracy_rows, build_report
+from prpo.evaluation.evaluate import EvalResult, evaluate_model, mcnemar_improvement, paired_correctness
+from prpo.training.metrics import read_jsonl
+from prpo.training.model_card import ModelCard, ModelCardCallback, name_adapter_base
+from prpo.training.report import BEFORE_AFTER_FILE, accuracy_rows, build_report
 from prpo.tasks import Task
 
 EVAL_DIR = "eval"

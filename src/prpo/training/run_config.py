@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from trl import ModelConfig
 
-from prpo.config import ConfigError, PRPOConfig, check_value, did_you_mean
+from prpo.training.config import ConfigError, PRPOConfig, check_value, did_you_mean
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`PRPOTrainer`: TRL's `GRPOTrainer` with token-level advantages from entropy segments and a PRM.
 
 One step (docs/algorithm.md): generate G responses per prompt (TRL), grade each against its own gold
-answer (`prpo.rewards.OutcomeReward`, a TRL reward function), take the sampling policy's per-token entropy,
+answer (`prpo.training.rewards.OutcomeReward`, a TRL reward function), take the sampling policy's per-token entropy,
 segment, score the segments with the PRM, compute ``A[B, T]`` with the configured method of
 `prpo.advantages`, and hand it to TRL's loss, which takes (B, T) advantages as they are. Rollouts,
 loss, KL and optimiser are TRL's for every method, so methods differ only in their advantages.
@@ -42,11 +42,11 @@ from torch import Tensor
 from trl import GRPOTrainer
 
 from prpo.advantages import AdvantageInputs, AdvantageResult
-from prpo.config import PRPOConfig
-from prpo import trl_surface
+from prpo.training.config import PRPOConfig
+from prpo.training import trl_surface
 from prpo.kl import clamped_reference
-from prpo.metrics import RunFiles
-from prpo.rewards import OutcomeReward, Outcomes, outcome_reward_range
+from prpo.training.metrics import RunFiles
+from prpo.training.rewards import OutcomeReward, Outcomes, outcome_reward_range
 from prpo.segmentation import (
     SegmentInputs,
     get_segmenter,

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from prpo.advantages import outcome_rewards
-from prpo.config import PRPOConfig
+from prpo.training.config import PRPOConfig
 
 logger = logging.getLogger(__name__)
 

@@ -116,7 +116,7 @@ def check() -> None:
     """Raise once, naming every change, if the installed TRL differs from what prpo relies on."""
     found = problems()
     if found:
-        raise RuntimeError("PRPOTrainer relies on TRL internals that changed (prpo/trl_surface.py):\n- " + "\n- ".join(found))
+        raise RuntimeError("PRPOTrainer relies on TRL internals that changed (prpo/training/trl_surface.py):\n- " + "\n- ".join(found))
 
 
 def _source(function: Any) -> str:

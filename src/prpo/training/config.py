@@ -1,7 +1,7 @@
 """`PRPOConfig`: TRL's `GRPOConfig` plus PRPO's fields, every field and combination checked on construction.
 
 The checks are tables (`FIELD_CHECKS`, `COMBINATION_CHECKS`) run from `__post_init__`, so a config
-built in Python is checked like one read from a YAML run file (`prpo.run_config`); each raises
+built in Python is checked like one read from a YAML run file (`prpo.training.run_config`); each raises
 `ConfigError` naming the key, the bad value and what to set instead.
 """
 
@@ -24,7 +24,7 @@ from trl import GRPOConfig
 from prpo.advantages import ADVANTAGES, CORRECT_REWARD, EPS, MU0, SIGMA0, WRONG_REWARD, Estimator, get_method, resolve_estimator
 from prpo.filters import FILTERS, bind_filter, get_filter
 from prpo.kl import k3_bounds
-from prpo.metrics import COLLAPSE_DROP, COLLAPSE_WINDOW
+from prpo.training.metrics import COLLAPSE_DROP, COLLAPSE_WINDOW
 from prpo.segmentation import K, MARKER, MIN_GAP, SEGMENT_LENGTH, SEGMENTERS, get_segmenter
 from prpo.typecheck import has_type, type_name
 

@@ -1,7 +1,7 @@
 """The benchmark PRM on a task family's step checker: the PRM type ``bench_family``.
 
 ``load_prm({"type": "bench_family", "family": "MODULE:NAME", "quality": "noisy"})`` loads the family
-(`prpo.tasks.family.load_family`) and judges each segment with its ``evidence`` checker; what a bench
+(`prpo.bench.family.load_family`) and judges each segment with its ``evidence`` checker; what a bench
 run records as its PRM, registered whenever `prpo.prm` is imported.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from prpo.grading import extract_final_answer
 from prpo.prm.base import NO_EVIDENCE, PRM_REGISTRY, RIGHT, WRONG, PRMType, check_inputs
-from prpo.tasks.family import TaskFamily, load_family
+from prpo.bench.family import TaskFamily, load_family
 
 NOISE = 0.15  # the noisy PRM's flip probability, the bench presets' default
 
