@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import random
 import re
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -374,6 +376,17 @@ def test_bench_smoke_end_to_end(tmp_path, capsys):
     assert [json.loads(line)["step"] for line in cut.read_text().splitlines()] == [0, 1, 2, 3]
     with pytest.raises(SystemExit, match="another preset \\(differs in rl_steps\\)"):
         bench_main(argv[:10] + ["4"] + argv[11:])
+
+    # Committed results keep metrics and samples gzip-compressed: the summary rebuilt from them is the same.
+    packed = tmp_path.parent / "packed"
+    shutil.copytree(tmp_path, packed)
+    for path in [*packed.glob("runs/*/*/*/seed-*/metrics.jsonl"), *packed.glob("runs/*/*/*/seed-*/samples.jsonl")]:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+        path.unlink()
+    (packed / "summary.json").unlink()
+    assert bench_main(["--summary-only", "--output", str(packed)]) == 0
+    assert (packed / "summary.json").read_text() == (tmp_path / "summary.json").read_text()
+    assert (packed / "samples.md").read_text() == (tmp_path / "samples.md").read_text()
 
 
 def test_bench_runs_a_plugged_in_family(tmp_path):

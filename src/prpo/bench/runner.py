@@ -8,6 +8,9 @@ Layout of a results directory::
     runs/LEVEL/QUALITY/METHOD/seed-S/provenance.json commit, versions, threads, start and end (`prpo.provenance`)
     bench.json                                      the family, the size preset, the matrix that ran and, per
                                                     invocation, its provenance with start and end times
+
+Results committed to a repository keep ``metrics.jsonl`` and ``samples.jsonl`` gzip-compressed
+(``.jsonl.gz``); every reader takes either (`prpo.training.metrics.find_jsonl`).
 """
 
 from __future__ import annotations

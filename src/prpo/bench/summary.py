@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prpo.bench.runner import EVAL_FILE
 from prpo.bench.stats import compare, ended_collapsed, mean_ci, wilson
-from prpo.training.metrics import METRICS_FILE, SAMPLES_FILE, CollapseMonitor, read_jsonl
+from prpo.training.metrics import METRICS_FILE, SAMPLES_FILE, CollapseMonitor, find_jsonl, read_jsonl
 from prpo.provenance import describe, read_provenance
 
 COLLAPSE_ACCURACY_DROP = 0.15
@@ -43,7 +43,7 @@ def load_runs(results: Path) -> dict[tuple[str, str, str], list[dict]]:
         runs[key].append({
             "seed": int(folder.name.split("-")[1]),
             "eval": evals,
-            "train": [r for r in read_jsonl(metrics) if "step_time" in r] if metrics.exists() else [],
+            "train": [r for r in read_jsonl(metrics) if "step_time" in r] if find_jsonl(metrics) else [],
         })
     if not runs:
         raise ValueError(f"{results}: no finished runs under runs/*/*/*/seed-*/{EVAL_FILE}")
@@ -347,7 +347,7 @@ def samples_digest(results: Path, shown: int = 4) -> str:
             for run in sorted(group, key=lambda r: r["seed"]):
                 collapsed = ended_collapsed(run)
                 path = results / "runs" / level / quality / method / f"seed-{run['seed']}" / SAMPLES_FILE
-                if not (run["seed"] == 0 or collapsed) or not path.exists():
+                if not (run["seed"] == 0 or collapsed) or not find_jsonl(path):
                     continue
                 samples, shown_any = read_jsonl(path), True
                 last = [row for row in samples if row["step"] == samples[-1]["step"]][:shown] if samples else []

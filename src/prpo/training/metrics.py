@@ -7,6 +7,7 @@ after the restored checkpoint (by the interrupted run) are dropped, so the file 
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -77,10 +78,23 @@ def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
             f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
 
 
+def find_jsonl(path: Path) -> Path | None:
+    """``path``, else its gzip-compressed ``path.gz`` (how committed results keep large run files), else None."""
+    if path.is_file():
+        return path
+    packed = path.with_name(path.name + ".gz")
+    return packed if packed.is_file() else None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL run file; a bad line is an error naming the file and line."""
+    """Rows of a JSONL run file, or of its ``.gz`` (`find_jsonl`); a bad line is an error naming the file and line."""
+    found = find_jsonl(path)
+    if found is None:
+        raise FileNotFoundError(f"{path}: no such run file (nor {path.name}.gz)")
+    path = found
+    text = gzip.decompress(path.read_bytes()).decode("utf-8") if path.suffix == ".gz" else path.read_text(encoding="utf-8")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
