@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from prpo.commands import serve_prm
 from prpo.prm import ArithmeticPRM, PRMError, RemotePRM, load_prm
+from prpo.prm.base import PRMOutage
 from prpo.prm.server import background_server, create_app
 
 PROBLEM = "Tom has 3 boxes with 4 apples each. He eats 2 apples. How many apples are left?"
@@ -93,32 +94,92 @@ def test_concurrent_requests_are_batched_into_fewer_model_calls():
     assert sum(prm.calls) == 8 and len(prm.calls) < 8
 
 
-def test_server_down_retries_then_names_the_endpoint():
+def test_server_down_is_waited_out_for_max_outage_seconds_then_named():
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(PRMError, match=rf"PRM server {url}/score failed after 3 attempts: ConnectError"):
-        client(url, retries=2).score([PROBLEM], [RIGHT])
+    start = time.monotonic()
+    with pytest.raises(PRMOutage, match=rf"PRM server {url}/score did not answer for 0\.[3-9]\d* s \(\d+ attempts, "
+                                        r"max_outage_seconds reached\): ConnectError") as info:
+        client(url, max_outage_seconds=0.3).score([PROBLEM], [RIGHT])
+    assert 0.3 <= info.value.waited <= time.monotonic() - start and info.value.attempts >= 3
+    assert info.value.url == f"{url}/score"
+
+
+def test_a_restarting_server_is_waited_out_and_the_same_request_answered(caplog):
+    """The server is down for about 1.5 s, then starts on the same port: one outage logged, one recovery."""
+    port = free_port()
+    app, seen = scripted_server([])
+
+    def restart_later():
+        time.sleep(1.5)
+        with background_server(app, port=port):
+            while not done.is_set():
+                time.sleep(0.05)
+
+    done = threading.Event()
+    thread = threading.Thread(target=restart_later)
+    thread.start()
+    try:
+        with caplog.at_level("WARNING", logger="prpo.prm.remote"):
+            scores = client(f"http://127.0.0.1:{port}", max_outage_seconds=30).score([PROBLEM] * 2, [RIGHT, WRONG])
+    finally:
+        done.set()
+        thread.join()
+    assert scores == EXPECTED and seen == [{"problems": [PROBLEM] * 2, "segments": [RIGHT, WRONG]}]
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2 and "is unavailable (ConnectError" in messages[0] and "waiting up to 30 s" in messages[0]
+    assert "answered again after" in messages[1]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+def test_what_cannot_heal_fails_at_once_naming_the_cause(status):
+    app, seen = scripted_server([(status, {"error": f"cause {status}"})])
+    with background_server(app) as url:
+        start = time.monotonic()
+        with pytest.raises(PRMError, match=rf"refused the request: HTTP {status}: cause {status}"):
+            client(url, max_outage_seconds=30).score([PROBLEM], [RIGHT])
+        assert len(seen) == 1 and time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("status", [429, 408, 500, 502, 503])
+def test_what_can_heal_is_retried(status):
+    app, seen = scripted_server([(status, {"error": "later"})] * 2)
+    with background_server(app) as url:
+        assert client(url, max_outage_seconds=30).score([PROBLEM] * 2, [RIGHT, WRONG]) == EXPECTED
+    assert len(seen) == 3
+
+
+def test_waiting_leaves_the_training_random_streams_alone():
+    import random
+
+    import torch
+
+    app, _ = scripted_server([(503, "busy")] * 3)
+    before = random.getstate(), torch.get_rng_state()
+    with background_server(app) as url:
+        client(url, max_outage_seconds=30).score([PROBLEM] * 2, [RIGHT, WRONG])
+    assert random.getstate() == before[0] and torch.equal(torch.get_rng_state(), before[1])
 
 
 def test_slow_server_times_out_then_succeeds_on_retry_or_fails_clearly():
     app, seen = scripted_server(["slow", "slow"])
     with background_server(app) as url:
-        assert client(url, timeout=0.2, retries=2).score([PROBLEM] * 2, [RIGHT, WRONG]) == EXPECTED
+        assert client(url, timeout=0.2, max_outage_seconds=30).score([PROBLEM] * 2, [RIGHT, WRONG]) == EXPECTED
         assert len(seen) == 3
     app, seen = scripted_server(["slow"] * 3)
     with background_server(app) as url:
-        with pytest.raises(PRMError, match=r"failed after 2 attempts: no answer within 0.2 s \(ReadTimeout\)"):
-            client(url, timeout=0.2, retries=1).score([PROBLEM] * 2, [RIGHT, WRONG])
+        with pytest.raises(PRMOutage, match=r"max_outage_seconds reached\): no answer within 0.2 s \(ReadTimeout\)"):
+            client(url, timeout=0.2, max_outage_seconds=0.1).score([PROBLEM] * 2, [RIGHT, WRONG])
 
 
 def test_5xx_answers_are_retried_until_success():
     app, seen = scripted_server([(500, {"error": "CUDA out of memory"}), (503, "busy")])
     with background_server(app) as url:
-        assert client(url, retries=2).score([PROBLEM] * 2, [RIGHT, WRONG]) == EXPECTED
+        assert client(url, max_outage_seconds=30).score([PROBLEM] * 2, [RIGHT, WRONG]) == EXPECTED
         assert len(seen) == 3 and seen[0] == seen[2] == {"problems": [PROBLEM] * 2, "segments": [RIGHT, WRONG]}
-    app, seen = scripted_server([(500, {"error": "CUDA out of memory"})] * 3)
+    app, seen = scripted_server([(500, {"error": "CUDA out of memory"})] * 1000)
     with background_server(app) as url:
-        with pytest.raises(PRMError, match="failed after 2 attempts: HTTP 500: CUDA out of memory"):
-            client(url, retries=1).score([PROBLEM] * 2, [RIGHT, WRONG])
+        with pytest.raises(PRMOutage, match="max_outage_seconds reached\\): HTTP 500: CUDA out of memory"):
+            client(url, max_outage_seconds=0.05).score([PROBLEM] * 2, [RIGHT, WRONG])
 
 
 def test_wrong_or_missing_token_is_a_401_not_retried(monkeypatch):
@@ -138,7 +199,7 @@ def test_wrong_or_missing_token_is_a_401_not_retried(monkeypatch):
     app, seen = scripted_server([(401, {"error": "no"})])
     with background_server(app) as url:
         with pytest.raises(PRMError, match="HTTP 401: no"):
-            client(url, retries=3).score([PROBLEM], [RIGHT])
+            client(url, max_outage_seconds=30).score([PROBLEM], [RIGHT])
         assert len(seen) == 1
 
 
@@ -166,7 +227,7 @@ def test_malformed_answers_are_errors_never_filled_in(answer, message):
     app, _ = scripted_server([answer])
     with background_server(app) as url:
         with pytest.raises(PRMError, match=message):
-            client(url, retries=0).score([PROBLEM] * 2, [RIGHT, WRONG])
+            client(url, max_outage_seconds=0).score([PROBLEM] * 2, [RIGHT, WRONG])
 
 
 def test_a_failing_request_does_not_fail_the_others_in_its_batch():
@@ -181,7 +242,7 @@ def test_a_failing_request_does_not_fail_the_others_in_its_batch():
 
         def send(name, segments):
             try:
-                results[name] = client(url, retries=0).score([PROBLEM], [segments])
+                results[name] = client(url, max_outage_seconds=0).score([PROBLEM], [segments])
             except PRMError as err:
                 results[name] = str(err)
 
@@ -251,9 +312,9 @@ def test_a_prm_returning_nan_is_a_500_and_the_client_retries_it():
         answer = httpx.post(f"{url}/score", json={"problems": [PROBLEM], "segments": [RIGHT]})
         assert answer.status_code == 500  # the server's fault, not the request's
         assert answer.json()["error"].endswith("score of response 0, segment 0 is nan, expected a finite value in [0, 1]")
-        with pytest.raises(PRMError, match=r"failed after 3 attempts: HTTP 500: .*invalid scores: .*segment 0 is nan"):
-            client(url, retries=2).score([PROBLEM], [RIGHT])
-    assert prm.calls == [1] * 4  # one direct request, then the client's 3 attempts
+        with pytest.raises(PRMOutage, match=r"reached\): HTTP 500: .*invalid scores: .*segment 0 is nan") as info:
+            client(url, max_outage_seconds=0.05).score([PROBLEM], [RIGHT])
+    assert info.value.attempts >= 2 and prm.calls == [1] * (1 + info.value.attempts)  # one direct request, then the client's
 
 
 def test_bodies_over_the_size_limit_get_413_declared_or_streamed():
@@ -269,7 +330,7 @@ def test_bodies_over_the_size_limit_get_413_declared_or_streamed():
         streamed = httpx.post(f"{url}/score", content=(body[k : k + 100] for k in range(0, len(body), 100)))
         assert streamed.status_code == 413 and "--max-request-bytes" in streamed.json()["error"]
         with pytest.raises(PRMError, match="refused the request: HTTP 413: request body over the server's limit"):
-            client(url, retries=3).score([PROBLEM] * 20, [RIGHT] * 20)
+            client(url, max_outage_seconds=30).score([PROBLEM] * 20, [RIGHT] * 20)
     assert prm.calls == [1]  # nothing over the limit reached the model
 
 
@@ -292,7 +353,7 @@ def test_too_many_responses_or_segments_get_413():
         # The client's own chunking keeps requests under the response cap.
         assert client(url, max_batch_responses=3).score([PROBLEM] * 4, [RIGHT] * 4) == [EXPECTED[0]] * 4
         with pytest.raises(PRMError, match="HTTP 413: the request holds 4 responses"):
-            client(url, retries=2).score([PROBLEM] * 4, [RIGHT] * 4)
+            client(url, max_outage_seconds=30).score([PROBLEM] * 4, [RIGHT] * 4)
         assert httpx.post(f"{url}/score", json={"problems": 1, "segments": []}).status_code == 422
     assert prm.calls == [3, 3, 1]
 

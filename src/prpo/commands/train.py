@@ -144,11 +144,17 @@ def dry_run(config: RunConfig) -> None:
     print(config.to_yaml(effective=True), end="")
 
 
-def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART) -> None:
+class RunStopped(Exception):
+    """The run stopped before its end with a checkpoint to resume from; the message says how."""
+
+
+def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, overrides: list[str] | None = None) -> None:
     from trl import get_peft_config, get_quantization_config
 
     from prpo.training.model_card import ModelCard, header_comment
+    from prpo.prm.base import PRMOutage
     from prpo.provenance import record_finish, record_start
+    from prpo.training import trl_surface
 
     from prpo.training.run import train_and_report
     from prpo.training.trainer import PRPOTrainer
@@ -181,9 +187,16 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART) ->
     if not args.eval_before_after:
         eval_task = None
     card = ModelCard(model.model_name_or_path, args.method, task.name, config.to_yaml(), header_comment(config_file))
-    train_and_report(trainer, eval_task, max_new_tokens=args.max_completion_length,
-                     batch_size=args.per_device_eval_batch_size, final_dir=output_dir / "final", resume=resume,
-                     card=card)
+    try:
+        train_and_report(trainer, eval_task, max_new_tokens=args.max_completion_length,
+                         batch_size=args.per_device_eval_batch_size, final_dir=output_dir / "final", resume=resume,
+                         card=card)
+    except PRMOutage as outage:
+        checkpoint = trl_surface.save_checkpoint(trainer)
+        command = " ".join(["prpo train", str(config_file), *(overrides or []), "--resume"])
+        raise RunStopped(f"the PRM server {outage.url} did not answer for {outage.waited:.0f} s "
+                         f"(max_outage_seconds; last error: {outage.last_error}); saved {checkpoint} (step "
+                         f"{trainer.state.global_step}, the last completed); continue with: {command}") from outage
     if args.process_index == 0:
         record_finish(output_dir)
 
@@ -199,8 +212,11 @@ def main(argv: list[str]) -> int:
         if "--dry-run" in flags:
             dry_run(config)
             return 0
-        train(config, resume="--resume" in flags, config_file=path)
+        train(config, resume="--resume" in flags, config_file=path, overrides=overrides)
     except ConfigError as err:
         print(f"prpo train: error: {err}", file=sys.stderr)
         return 1
+    except RunStopped as stop:
+        print(f"prpo train: stopped: {stop}", file=sys.stderr)
+        return 3
     return 0

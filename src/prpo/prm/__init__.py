@@ -19,6 +19,7 @@ from prpo.prm.base import (
     PRM_REGISTRY,
     FunctionPRM,
     PRMError,
+    PRMOutage,
     ProcessRewardModel,
     as_prm,
     check_inputs,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from prpo.prm.shepherd import ShepherdPRM
     from prpo.prm.step_tag import StepTagPRM
 
-__all__ = sorted(["PRM_REGISTRY", "PRMError", "ProcessRewardModel", "FunctionPRM", "as_prm", "check_inputs",
+__all__ = sorted(["PRM_REGISTRY", "PRMError", "PRMOutage", "ProcessRewardModel", "FunctionPRM", "as_prm", "check_inputs",
                   "load_prm", "register_prm", "validate_scores", *_ADAPTERS])
 
 

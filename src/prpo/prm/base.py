@@ -26,6 +26,15 @@ class PRMError(RuntimeError):
     """A PRM could not produce one valid score per segment, or was configured wrongly."""
 
 
+class PRMOutage(PRMError):
+    """A served PRM did not answer usably for ``max_outage_seconds``: ``url``, ``waited`` (s), ``last_error``."""
+
+    def __init__(self, url: str, waited: float, attempts: int, last_error: str):
+        super().__init__(f"PRM server {url} did not answer for {waited:.1f} s ({attempts} attempts, "
+                         f"max_outage_seconds reached): {last_error}")
+        self.url, self.waited, self.attempts, self.last_error = url, waited, attempts, last_error
+
+
 @runtime_checkable
 class ProcessRewardModel(Protocol):
     """Scores each segment of each response; one finite score in [0, 1] per segment."""

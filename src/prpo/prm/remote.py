@@ -1,11 +1,14 @@
 """Client of a PRM served over HTTP by `prpo serve-prm` (see `prpo.prm.server` for the API).
 
-Big batches are split into requests of at most `max_batch_responses` responses. Connection errors,
-timeouts and 5xx answers (a fault on the server's side: the PRM crashed or returned invalid
-scores, such as NaN) are retried `retries` times with exponential backoff (`backoff * 2**k`
-seconds), then raise PRMError naming the endpoint and the last error; a 4xx answer (the request's
-fault: bad token, an input the PRM rejects, 413 for a request over the server's limits) raises at
-once. Returned scores are validated like any PRM's: a result is never filled in.
+Big batches are split into requests of at most `max_batch_responses` responses. What can heal is
+waited out: a refused or reset connection, a timeout, a 5xx answer (the PRM crashed, is restarting
+or returned invalid scores such as NaN) and 429 are retried with capped exponential backoff and
+jitter (a wait of `uniform(0.5, 1) * min(max_backoff, backoff * 2**k)` seconds) for up to
+`max_outage_seconds`, logging once when the outage starts and once when it ends; the request being
+scored is kept, so nothing is re-sampled. Past that, `PRMOutage` names the endpoint and how long it
+waited. What cannot heal (400, 401, 403, 404, 413, 422 and any other 4xx: a bad token, an input the
+PRM rejects, a request over the server's limits) fails at once, naming the cause. Returned scores
+are validated like any PRM's: a result is never filled in.
 
 The bearer token is read from the environment variable `token_env` (never from a config file);
 by default `PRPO_PRM_TOKEN` is used when it is set.
@@ -13,15 +16,19 @@ by default `PRPO_PRM_TOKEN` is used when it is set.
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 
 import httpx
 
-from prpo.prm.base import PRMError, check_inputs, register_prm, validate_scores
+from prpo.prm.base import PRMError, PRMOutage, check_inputs, register_prm, validate_scores
 
 DEFAULT_TOKEN_ENV = "PRPO_PRM_TOKEN"
+RETRIED_STATUS = frozenset({408, 429})  # and every 5xx: answers that can heal by waiting
+logger = logging.getLogger(__name__)
 
 
 def token_from_env(token_env: str | None) -> str | None:
@@ -42,16 +49,19 @@ class RemotePRM:
     class Config:
         url: str = "http://127.0.0.1:8765"
         token_env: str | None = None
-        timeout: float = 120.0
-        retries: int = 3
-        backoff: float = 0.5
+        timeout: float = 120.0  # seconds for one request
+        max_outage_seconds: float = 600.0  # how long a PRM that is down or restarting is waited out
+        backoff: float = 0.5  # first wait between attempts, doubled each time ...
+        max_backoff: float = 30.0  # ... up to this
         max_batch_responses: int = 256
 
         def __post_init__(self) -> None:
             if not self.url.startswith(("http://", "https://")):
                 raise ValueError(f"url = {self.url!r} must start with http:// or https://")
-            if self.timeout <= 0 or self.retries < 0 or self.backoff < 0 or self.max_batch_responses < 1:
-                raise ValueError("timeout and max_batch_responses must be positive, retries and backoff >= 0")
+            if self.timeout <= 0 or self.max_batch_responses < 1:
+                raise ValueError("timeout and max_batch_responses must be positive")
+            if self.max_outage_seconds < 0 or self.backoff < 0 or self.max_backoff < self.backoff:
+                raise ValueError("max_outage_seconds and backoff must be >= 0, max_backoff >= backoff")
 
     def __init__(self, config: Config | None = None):
         self.config = config or self.Config()
@@ -59,6 +69,7 @@ class RemotePRM:
         token = token_from_env(self.config.token_env)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(timeout=self.config.timeout, headers=headers)
+        self._jitter = random.Random()  # its own generator: waiting never moves the training's random streams
 
     @property
     def prm_id(self) -> str:
@@ -87,31 +98,38 @@ class RemotePRM:
         return validate_scores(scores, segments)
 
     def _post(self, problems: list[str], segments: list[list[str]]) -> object:
+        """One request's scores, waiting out what can heal for up to ``max_outage_seconds``."""
         cfg = self.config
-        last_error = ""
-        for attempt in range(cfg.retries + 1):
-            if attempt:
-                time.sleep(cfg.backoff * 2 ** (attempt - 1))
+        start, attempts, last_error = time.monotonic(), 0, ""
+        while True:
+            attempts += 1
             try:
                 response = self._client.post(self.endpoint, json={"problems": problems, "segments": segments})
             except httpx.TimeoutException as err:
                 last_error = f"no answer within {cfg.timeout} s ({type(err).__name__})"
-                continue
             except httpx.TransportError as err:
                 last_error = f"{type(err).__name__}: {err}"
-                continue
-            if response.status_code >= 500:
+            else:
+                if response.status_code == 200:
+                    if attempts > 1:
+                        logger.warning("PRM server %s answered again after %.1f s (%d attempts)", self.endpoint,
+                                       time.monotonic() - start, attempts)
+                    try:
+                        return response.json()["scores"]
+                    except (ValueError, KeyError, TypeError) as err:
+                        raise PRMError(f"PRM server {self.endpoint} sent a malformed answer ({err!r}): "
+                                       f"{response.text[:200]!r}") from err
                 last_error = f"HTTP {response.status_code}: {_detail(response)}"
-                continue
-            if response.status_code != 200:
-                raise PRMError(f"PRM server {self.endpoint} refused the request: "
-                               f"HTTP {response.status_code}: {_detail(response)}")
-            try:
-                return response.json()["scores"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise PRMError(f"PRM server {self.endpoint} sent a malformed answer ({err!r}): "
-                               f"{response.text[:200]!r}") from err
-        raise PRMError(f"PRM server {self.endpoint} failed after {cfg.retries + 1} attempts: {last_error}")
+                if response.status_code < 500 and response.status_code not in RETRIED_STATUS:
+                    raise PRMError(f"PRM server {self.endpoint} refused the request: {last_error}")
+            waited = time.monotonic() - start
+            if waited >= cfg.max_outage_seconds:
+                raise PRMOutage(self.endpoint, waited, attempts, last_error)
+            if attempts == 1:
+                logger.warning("PRM server %s is unavailable (%s): waiting up to %.0f s for it", self.endpoint,
+                               last_error, cfg.max_outage_seconds)
+            pause = self._jitter.uniform(0.5, 1.0) * min(cfg.max_backoff, cfg.backoff * 2 ** (attempts - 1))
+            time.sleep(min(pause, cfg.max_outage_seconds - waited))
 
 
 def _detail(response: httpx.Response) -> str:

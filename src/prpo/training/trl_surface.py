@@ -31,6 +31,8 @@ HOOKS = {
     "_generate_and_score_completions": ("inputs",),
     "_compute_loss": ("model", "inputs"),
 }
+# Private methods of transformers' Trainer that prpo calls (not overrides), with the parameters it passes.
+CALLED = {"_save_checkpoint": ("model", "trial")}
 # Private attributes GRPOTrainer.__init__ sets, which the accessors below read or write.
 ATTRIBUTES = ("_metrics", "_logs", "_step", "_tokenizer")
 LOSS_MASK = "tool_mask"  # multiplied into the per-token loss by `_compute_loss`; not an attention mask there
@@ -66,6 +68,13 @@ def tokenizer(trainer: Any) -> Any:
     return trainer._tokenizer
 
 
+def save_checkpoint(trainer: Any) -> str:
+    """Save ``checkpoint-<global_step>`` now, as transformers does at ``save_steps`` (weights, optimizer,
+    scheduler, RNG, trainer state), so ``--resume`` continues after the last completed step; returns its path."""
+    trainer._save_checkpoint(trainer.model, trial=None)
+    return f"{trainer.args.output_dir}/checkpoint-{trainer.state.global_step}"
+
+
 def drop_from_loss(output: dict[str, Any], kept: Tensor, gather: Any) -> None:
     """Take the rows with ``kept[i] = False`` out of TRL's loss: no loss term, no gradient, no token counted.
 
@@ -89,7 +98,7 @@ def problems(trainer_class: type | None = None, version: str | None = None) -> l
     found = []
     if version is not None and version != TRL_VERSION:
         found.append(f"TRL {version} installed; prpo's private-surface checks were written for TRL {TRL_VERSION}")
-    for name, expected in HOOKS.items():
+    for name, expected in {**HOOKS, **CALLED}.items():
         hook = getattr(trainer_class, name, None)
         if not callable(hook):
             found.append(f"hook {name}: not a method of {trainer_class.__name__}")

@@ -1,0 +1,88 @@
+"""Faults cost nothing: a PRM outage is waited out or stops the run with a checkpoint and the command
+that resumes it (a real PRM server on 127.0.0.1, the tiny CPU config through `prpo train`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from prpo.cli import main as cli_main
+from prpo.prm import ArithmeticPRM
+from prpo.prm.server import background_server
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu-tiny.yaml"
+
+
+def prm_server(healthy: int | None = None) -> tuple[Starlette, list[int]]:
+    """The arithmetic PRM over HTTP; after ``healthy`` requests every answer is 503 (a PRM that went down)."""
+    prm, seen = ArithmeticPRM(), []
+
+    async def score(request: Request) -> JSONResponse:
+        body = await request.json()
+        seen.append(len(body["segments"]))
+        if healthy is not None and len(seen) > healthy:
+            return JSONResponse({"error": "the PRM is restarting"}, status_code=503)
+        return JSONResponse({"scores": prm.score(body["problems"], body["segments"])})
+
+    return Starlette(routes=[Route("/score", score, methods=["POST"])]), seen
+
+
+def run(model_dir: Path, out: Path, url: str, *extra: str) -> int:
+    return cli_main(["train", str(CONFIG), "--model.model_name_or_path", str(model_dir), "--output_dir", str(out),
+                     "--prm.type", "remote", "--prm.url", url, "--prm.max_outage_seconds", "1", *extra])
+
+
+def steps(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if "reward" in row]
+
+
+def test_an_outage_past_its_limit_stops_with_a_checkpoint_and_the_resume_command(tiny_causal_lm_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    app, seen = prm_server(healthy=1)  # step 1 is scored; step 2 meets a PRM that stays down
+    with background_server(app) as url:
+        code = run(tiny_causal_lm_dir, out, url)
+    [message] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prpo train: stopped: ")]
+    assert code == 3 and len(seen) >= 3
+    assert f"the PRM server {url}/score did not answer for 1 s" in message and "HTTP 503: the PRM is restarting" in message
+    assert f"saved {out}/checkpoint-1 (step 1, the last completed)" in message
+    assert f"continue with: prpo train {CONFIG} " in message and message.endswith("--resume")
+    assert json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
+    assert [row["step"] for row in steps(out)] == [1]
+
+    app, seen = prm_server()
+    with background_server(app) as url:
+        assert run(tiny_causal_lm_dir, out, url, "--resume") == 0
+    assert [row["step"] for row in steps(out)] == [1, 2]  # each step once
+    assert (out / "eval_before_after.json").is_file() and len(seen) == 1
+
+
+def test_an_outage_shorter_than_its_limit_changes_nothing(tiny_causal_lm_dir, tmp_path):
+    """Two 503s at step 2, waited out: the run logs the same rewards and advantages as an undisturbed one."""
+    app, _ = prm_server()
+    with background_server(app) as url:
+        assert run(tiny_causal_lm_dir, tmp_path / "calm", url, "--prm.max_outage_seconds", "30") == 0
+    calm = steps(tmp_path / "calm")
+
+    prm, seen = ArithmeticPRM(), []
+
+    async def score(request: Request) -> JSONResponse:
+        body = await request.json()
+        seen.append(len(body["segments"]))
+        if len(seen) in (2, 3):
+            return JSONResponse({"error": "the PRM is restarting"}, status_code=503)
+        return JSONResponse({"scores": prm.score(body["problems"], body["segments"])})
+
+    with background_server(Starlette(routes=[Route("/score", score, methods=["POST"])])) as url:
+        assert run(tiny_causal_lm_dir, tmp_path / "outage", url, "--prm.max_outage_seconds", "30") == 0
+    outage = steps(tmp_path / "outage")
+    assert len(seen) == 4
+    keys = ["reward", "accuracy", "advantages/mean", "advantages/std", "prm/score_mean", "kl", "loss"]
+    for a, b in zip(calm, outage, strict=True):
+        assert {k: a.get(k) for k in keys} == pytest.approx({k: b.get(k) for k in keys}, rel=1e-6, abs=1e-9)
