@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/prpo train
+demo: $(STAMP)  # a second `make demo` starts the demo over in runs/quickstart
+	$(VENV)/bin/prpo train --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest

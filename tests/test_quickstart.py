@@ -56,6 +56,15 @@ def test_tiny_quickstart_writes_metrics_samples_and_held_out_accuracy(tiny_run, 
     assert (tiny_run / "final" / "config.json").is_file()
 
 
+def test_a_second_run_into_the_same_folder_is_refused_before_it_starts(tiny_run, tiny_causal_lm_dir, capsys):
+    metrics = (tiny_run / "metrics.jsonl").read_text()
+    code = cli_main(["train", str(CONFIGS / "cpu-tiny.yaml"), "--model.model_name_or_path", str(tiny_causal_lm_dir),
+                     "--output_dir", str(tiny_run)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"output_dir {tiny_run} holds a run (steps 1-2 logged" in err and "--resume" in err
+    assert "--overwrite" in err and (tiny_run / "metrics.jsonl").read_text() == metrics  # nothing touched
+
+
 def test_tiny_quickstart_records_its_provenance(tiny_run):
     from prpo.provenance import code_version, read_provenance
 

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 from prpo.training.config import ConfigError
+from prpo.training.output_dir import OutputDirError
 from prpo.training.run_config import RunConfig, TaskConfig, load_config
 from prpo.models import SMOLLM2_ALIAS, cache_root, smollm2_gguf
 
 BUNDLED = Path(__file__).resolve().parents[1] / "configs"  # package data; `configs/` in a checkout links here
 QUICKSTART = BUNDLED / "quickstart.yaml"
-FLAGS = {"--dry-run", "--resume"}
+FLAGS = {"--dry-run", "--resume", "--overwrite"}
 USAGE = f"""usage: prpo train [CONFIG.yaml | NAME] [--key value ...] [--dry-run] [--resume]
 
   CONFIG.yaml   run config (default: configs/quickstart.yaml, the offline SmolLM2 arithmetic run)
@@ -31,6 +32,8 @@ USAGE = f"""usage: prpo train [CONFIG.yaml | NAME] [--key value ...] [--dry-run]
                 config and exit (no weights are loaded); offline, it lists the hub datasets and
                 models a real run would download instead of failing on them
   --resume      continue from the last checkpoint in output_dir (optimizer, scheduler, RNG, data order)
+  --overwrite   start over in an output_dir that holds a run, deleting that run's files (without it, or
+                --resume, such a folder is refused before the first step)
 """
 
 
@@ -148,13 +151,15 @@ class RunStopped(Exception):
     """The run stopped before its end with a checkpoint to resume from; the message says how."""
 
 
-def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, overrides: list[str] | None = None) -> None:
+def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, overrides: list[str] | None = None,
+          overwrite: bool = False) -> None:
     from trl import get_peft_config, get_quantization_config
 
     from prpo.training.model_card import ModelCard, header_comment
     from prpo.prm.base import PRMOutage
     from prpo.provenance import record_finish, record_start
     from prpo.training import trl_surface
+    from prpo.training.output_dir import check_disk, checkpoint_bytes, prepare_output_dir
 
     from prpo.training.run import train_and_report
     from prpo.training.trainer import PRPOTrainer
@@ -171,8 +176,8 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, ov
         init_kwargs["quantization_config"] = quantization
     args.model_init_kwargs = {**{k: v for k, v in init_kwargs.items() if v is not None}, **(args.model_init_kwargs or {})}
     output_dir = Path(args.output_dir)
+    prepare_output_dir(output_dir, resume=resume, overwrite=overwrite, main=args.process_index == 0)
     if args.process_index == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
         record_start(output_dir)
     trainer = PRPOTrainer(
@@ -184,6 +189,7 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, ov
         processing_class=None,
         peft_config=get_peft_config(model),
     )
+    check_disk(output_dir, checkpoint_bytes(trainer.model))
     if not args.eval_before_after:
         eval_task = None
     card = ModelCard(model.model_name_or_path, args.method, task.name, config.to_yaml(), header_comment(config_file))
@@ -212,8 +218,9 @@ def main(argv: list[str]) -> int:
         if "--dry-run" in flags:
             dry_run(config)
             return 0
-        train(config, resume="--resume" in flags, config_file=path, overrides=overrides)
-    except ConfigError as err:
+        train(config, resume="--resume" in flags, config_file=path, overrides=overrides,
+              overwrite="--overwrite" in flags)
+    except (ConfigError, OutputDirError) as err:
         print(f"prpo train: error: {err}", file=sys.stderr)
         return 1
     except RunStopped as stop:
