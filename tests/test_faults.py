@@ -4,6 +4,11 @@ that resumes it (a real PRM server on 127.0.0.1, the tiny CPU config through `pr
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +91,56 @@ def test_an_outage_shorter_than_its_limit_changes_nothing(tiny_causal_lm_dir, tm
     keys = ["reward", "accuracy", "advantages/mean", "advantages/std", "prm/score_mean", "kl", "loss"]
     for a, b in zip(calm, outage, strict=True):
         assert {k: a.get(k) for k in keys} == pytest.approx({k: b.get(k) for k in keys}, rel=1e-6, abs=1e-9)
+
+
+def start_run(model_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "prpo.cli", "train", str(CONFIG), "--model.model_name_or_path", str(model_dir),
+           "--output_dir", str(out), "--max_steps", "4", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def wait_for_step(out: Path, proc: subprocess.Popen, step: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").is_file() and any(row["step"] >= step for row in steps(out)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no step {step} logged in {timeout} s (exit {proc.poll()})")
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_0_then_resume_matches_an_uninterrupted_run(tiny_causal_lm_dir,
+                                                                                           tmp_path):
+    whole = tmp_path / "whole"
+    assert cli_main(["train", str(CONFIG), "--model.model_name_or_path", str(tiny_causal_lm_dir), "--output_dir",
+                     str(whole), "--max_steps", "4"]) == 0
+    out = tmp_path / "preempted"
+    proc = start_run(tiny_causal_lm_dir, out)
+    wait_for_step(out, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    stopped = [line for line in err.splitlines() if line.startswith("prpo train: stopped: ")]
+    assert proc.returncode == 0 and len(stopped) == 1, err[-2000:]
+    step = int(stopped[0].split("after step ")[1].split(";")[0])
+    assert 1 <= step < 4 and f"saved {out}/checkpoint-{step} (the last completed step)" in stopped[0]
+    assert stopped[0].endswith("--resume") and (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert [row["step"] for row in steps(out)] == list(range(1, step + 1))
+    assert not (out / "final").exists()
+
+    assert cli_main(["train", str(CONFIG), "--model.model_name_or_path", str(tiny_causal_lm_dir), "--output_dir",
+                     str(out), "--max_steps", "4", "--resume"]) == 0
+    assert [row["step"] for row in steps(out)] == [1, 2, 3, 4]  # each step once
+    keys = ["reward", "advantages/mean", "prm/score_mean", "kl", "loss", "completions/mean_length"]
+    for a, b in zip(steps(whole), steps(out), strict=True):
+        assert {k: a.get(k) for k in keys} == pytest.approx({k: b.get(k) for k in keys}, rel=1e-5, abs=1e-7), a["step"]
+
+
+def test_a_second_sigterm_exits_at_once(tiny_causal_lm_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = start_run(tiny_causal_lm_dir, out, "--max_steps", "50")
+    wait_for_step(out, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143

@@ -148,7 +148,14 @@ def dry_run(config: RunConfig) -> None:
 
 
 class RunStopped(Exception):
-    """The run stopped before its end with a checkpoint to resume from; the message says how."""
+    """The run stopped before its end with a checkpoint to resume from; the message says how.
+
+    ``preempted``: stopped on request (SIGTERM), which is a success (exit 0), not a failure (exit 3).
+    """
+
+    def __init__(self, message: str, preempted: bool = False):
+        super().__init__(message)
+        self.preempted = preempted
 
 
 def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, overrides: list[str] | None = None,
@@ -160,6 +167,7 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, ov
     from prpo.provenance import record_finish, record_start
     from prpo.training import trl_surface
     from prpo.training.output_dir import check_disk, checkpoint_bytes, prepare_output_dir
+    from prpo.training.preemption import Preempted
 
     from prpo.training.run import train_and_report
     from prpo.training.trainer import PRPOTrainer
@@ -197,6 +205,9 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, ov
         train_and_report(trainer, eval_task, max_new_tokens=args.max_completion_length,
                          batch_size=args.per_device_eval_batch_size, final_dir=output_dir / "final", resume=resume,
                          card=card)
+    except Preempted as stop:
+        command = " ".join(["prpo train", str(config_file), *(overrides or []), "--resume"])
+        raise RunStopped(f"{stop} (the last completed step); continue with: {command}", preempted=True) from stop
     except PRMOutage as outage:
         checkpoint = trl_surface.save_checkpoint(trainer)
         command = " ".join(["prpo train", str(config_file), *(overrides or []), "--resume"])
@@ -225,5 +236,5 @@ def main(argv: list[str]) -> int:
         return 1
     except RunStopped as stop:
         print(f"prpo train: stopped: {stop}", file=sys.stderr)
-        return 3
+        return 0 if stop.preempted else 3
     return 0
