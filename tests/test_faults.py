@@ -144,3 +144,47 @@ def test_a_second_sigterm_exits_at_once(tiny_causal_lm_dir, tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 143
+
+
+def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_last_whole_one(tiny_causal_lm_dir, tmp_path):
+    """SIGKILL as checkpoint-2 appears (mid-save): --resume skips and removes the partial folder, logs each
+    step once, and the numbers equal an uninterrupted run's."""
+    every_step = ("--save_strategy", "steps", "--save_steps", "1")
+    whole = tmp_path / "whole"
+    assert cli_main(["train", str(CONFIG), "--model.model_name_or_path", str(tiny_causal_lm_dir), "--output_dir",
+                     str(whole), "--max_steps", "4", *every_step]) == 0
+    out = tmp_path / "killed"
+    proc = start_run(tiny_causal_lm_dir, out, *every_step)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-2").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert cli_main(["train", str(CONFIG), "--model.model_name_or_path", str(tiny_causal_lm_dir), "--output_dir",
+                     str(out), "--max_steps", "4", *every_step, "--resume"]) == 0
+    assert [row["step"] for row in steps(out)] == [1, 2, 3, 4]
+    keys = ["reward", "advantages/mean", "prm/score_mean", "kl", "loss", "completions/mean_length"]
+    for a, b in zip(steps(whole), steps(out), strict=True):
+        assert {k: a.get(k) for k in keys} == pytest.approx({k: b.get(k) for k in keys}, rel=1e-5, abs=1e-7), a["step"]
+
+
+def test_what_a_kill_leaves_is_never_what_resume_picks(tmp_path):
+    from prpo.training.metrics import truncate_after_step
+    from prpo.training.output_dir import OutputDirError, last_complete_checkpoint
+
+    for step, state in ((1, {"global_step": 1}), (2, {"global_step": 2}), (3, None), (4, "cut")):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state == "cut":
+            (folder / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
+        elif state is not None:
+            (folder / "trainer_state.json").write_text(json.dumps(state))
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    with pytest.raises(OutputDirError, match="nothing to resume, no complete checkpoint"):
+        last_complete_checkpoint(tmp_path / "checkpoint-1")
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    truncate_after_step(metrics, 2)
+    assert metrics.read_text() == '{"step": 1}\n{"step": 2}\n'

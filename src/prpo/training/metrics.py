@@ -105,9 +105,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def truncate_after_step(path: Path, step: int) -> None:
-    """Keep the rows of a JSONL file whose ``step`` is at most ``step``."""
+    """Keep the rows of a JSONL file whose ``step`` is at most ``step``; a last line cut short by a kill
+    (no newline at its end) is dropped with them."""
     if not path.exists():
         return
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        logger.warning("%s: dropping its last line, cut short when the run was killed", path)
+        path.write_text(text[:text.rfind("\n") + 1], encoding="utf-8")
     kept = [row for row in read_jsonl(path) if row["step"] <= step]
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
 

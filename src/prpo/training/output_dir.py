@@ -8,7 +8,10 @@ checkpoint of this model (`checkpoint_bytes`), is refused before any training, n
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from prpo.training.metrics import METRICS_FILE, SAMPLES_FILE, read_jsonl
 RUN_FILES = (METRICS_FILE, SAMPLES_FILE, PROVENANCE_FILE, "eval_before_after.json", "config.yaml", "curves.png",
              "report.html")
 RUN_FOLDERS = ("eval", "final")
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+logger = logging.getLogger(__name__)
 
 
 class OutputDirError(ValueError):
@@ -67,6 +72,33 @@ def prepare_output_dir(folder: Path, *, resume: bool, overwrite: bool, main: boo
         probe.unlink()
     except OSError as err:
         raise OutputDirError(f"output_dir {folder} cannot be written: {err.strerror or err}") from None
+
+
+def complete_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a whole checkpoint: transformers writes ``trainer_state.json`` last, so a folder
+    whose state file is missing, cut short or names another step was being written when the run died."""
+    match = CHECKPOINT.match(path.name)
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return match is not None and state.get("global_step") == int(match.group(1))
+
+
+def last_complete_checkpoint(folder: Path) -> Path:
+    """The checkpoint ``--resume`` continues from: the latest complete one. Incomplete ones after it (a kill
+    while saving) are removed, naming each; no complete checkpoint at all is an error naming the folder."""
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.is_dir() and CHECKPOINT.match(p.name)),
+                   key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+    complete = [p for p in found if complete_checkpoint(p)]
+    if not complete:
+        raise OutputDirError(f"output_dir {folder}: nothing to resume, no complete checkpoint "
+                             f"({', '.join(p.name for p in found) or 'none'} found); start it with --overwrite")
+    for path in found:
+        if not complete_checkpoint(path) and int(path.name.split("-")[1]) > int(complete[-1].name.split("-")[1]):
+            logger.warning("removing %s: a checkpoint cut short while it was written (no whole trainer_state.json)", path)
+            shutil.rmtree(path)
+    return complete[-1]
 
 
 def checkpoint_bytes(model: torch.nn.Module) -> int:

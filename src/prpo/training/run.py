@@ -23,6 +23,7 @@ from transformers import ProgressCallback
 from prpo.evaluation.evaluate import EvalResult, evaluate_model, mcnemar_improvement, paired_correctness
 from prpo.training.metrics import read_jsonl
 from prpo.training.model_card import ModelCard, ModelCardCallback, name_adapter_base
+from prpo.training.output_dir import last_complete_checkpoint
 from prpo.training.preemption import Preempted, Preemption
 from prpo.training.report import BEFORE_AFTER_FILE, accuracy_rows, build_report
 from prpo.tasks import Task
@@ -114,7 +115,7 @@ def train_and_report(trainer, eval_task: Task | None, *, max_new_tokens: int, ba
                                        folder=before_dir)
     preemption = Preemption(trainer.accelerator)
     trainer.add_callback(preemption)
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(last_complete_checkpoint(run_dir)) if resume else None)
     if preemption.stopped_at is not None:
         raise Preempted(preemption.stopped_at, str(run_dir / f"checkpoint-{preemption.stopped_at}"))
     trainer.save_model(str(final_dir))
