@@ -82,6 +82,10 @@ def check_dataset(dataset, tokenizer, max_prompt_length: int | None, *, needs_an
             raise ValueError(f"{where}: answer must be a non-empty string, got {row['answer']!r}")
         if problems.setdefault(prompt_id, problem) != problem:
             raise ValueError(f"{where}: prompt_id is shared with a different problem; groups would merge")
+        if not isinstance(row["prompt"], str) and getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(f"{where}: the prompt is conversational (a list of messages) and the tokenizer has no "
+                             "chat template; use a chat model's tokenizer, set tokenizer.chat_template, or give "
+                             "plain-text prompts")
         if max_prompt_length is not None:
             length = _prompt_length(tokenizer, row["prompt"])
             if length > max_prompt_length:

@@ -8,6 +8,8 @@ is in R's units while the PRM's Z is not, so the mapping matters.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -84,6 +86,32 @@ class OutcomeReward:
             raise RuntimeError("the default reward function was not called for this rollout: no verdicts to combine")
         correct = None if verdicts is None else verdicts.to(rewards.device)
         return Outcomes([completion_text(c) for c in completions], rewards, correct)
+
+
+def checked_reward_function(func: Any) -> Any:
+    """``func`` as TRL calls it, its answer checked: one finite number, or None (this response is not
+    scorable by it, as in TRL), per completion. A NaN or infinite value is an error naming the function and
+    the completion, never a silent skip (TRL turns None into NaN, after which the two look the same).
+    Reward models (an id or a module) and async functions are passed through as they are."""
+    if isinstance(func, (str, torch.nn.Module)) or inspect.iscoroutinefunction(func) or not callable(func):
+        return func
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        values = func(*args, **kwargs)
+        name = getattr(func, "__name__", type(func).__name__)
+        if not isinstance(values, (list, tuple)):
+            raise ValueError(f"reward function {name} returned {type(values).__name__}, expected a list with one "
+                             "number (or None) per completion")
+        for index, value in enumerate(values):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"reward function {name} returned {value!r} for completion {index}: expected a finite "
+                                 "number, or None where it cannot score the response")
+        return values
+
+    return checked
 
 
 def declared_reward_range(reward_funcs: Sequence[Any], weights: Sequence[float] | None) -> tuple[float, float] | None:

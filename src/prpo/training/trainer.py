@@ -46,7 +46,7 @@ from prpo.training.config import PRPOConfig
 from prpo.training import trl_surface
 from prpo.kl import clamped_reference
 from prpo.training.metrics import RunFiles
-from prpo.training.rewards import OutcomeReward, Outcomes, outcome_reward_range
+from prpo.training.rewards import OutcomeReward, Outcomes, checked_reward_function, outcome_reward_range
 from prpo.segmentation import (
     SegmentInputs,
     get_segmenter,
@@ -134,6 +134,11 @@ class GlobalBatch:
         if self.correct is not None:
             return self.correct
         return self.inputs.outcome_rewards > (args.correct_reward + args.wrong_reward) / 2
+
+
+def _as_list(value: Any) -> list:
+    """None -> [], a list as it is, anything else -> [value] (TRL takes one reward function or a list)."""
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
 
 
 class PRPOTrainer(GRPOTrainer):
@@ -239,7 +244,7 @@ class PRPOTrainer(GRPOTrainer):
         self.run_files = RunFiles(args.output_dir, collapse_window=args.collapse_window, collapse_drop=args.collapse_drop)
         super().__init__(
             model=model,
-            reward_funcs=reward_funcs or [self.outcome_reward],
+            reward_funcs=[checked_reward_function(f) for f in _as_list(reward_funcs)] or [self.outcome_reward],
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
