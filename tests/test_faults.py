@@ -188,3 +188,14 @@ def test_what_a_kill_leaves_is_never_what_resume_picks(tmp_path):
     metrics.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
     truncate_after_step(metrics, 2)
     assert metrics.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_the_prm_load_script_loses_no_request():
+    """speed/bench_prm_load.py on a small load: every request answered, each as if scored alone."""
+    script = Path(__file__).resolve().parents[1] / "speed" / "bench_prm_load.py"
+    done = subprocess.run([sys.executable, str(script), "--clients", "4", "--requests", "2", "--responses", "8",
+                           "--windows", "0.01", "--deadline", "120"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    [row] = [line.split() for line in done.stdout.splitlines() if line.strip().startswith("10ms")]
+    assert row[1] == "8/8" and row[2] == "yes", done.stdout
