@@ -33,7 +33,7 @@ class OutputDirError(ValueError):
 
 def existing_run(folder: Path) -> str | None:
     """A description of the run ``folder`` holds (its logged steps, checkpoints, state), or None."""
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
+    checkpoints = checkpoint_folders(folder)
     metrics = folder / METRICS_FILE
     steps = [row["step"] for row in read_jsonl(metrics) if "step" in row] if metrics.is_file() else []
     entries = read_provenance(folder) if (folder / PROVENANCE_FILE).is_file() else []
@@ -74,6 +74,12 @@ def prepare_output_dir(folder: Path, *, resume: bool, overwrite: bool, main: boo
         raise OutputDirError(f"output_dir {folder} cannot be written: {err.strerror or err}") from None
 
 
+def checkpoint_folders(folder: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``folder``, by step."""
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
 def complete_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a whole checkpoint: transformers writes ``trainer_state.json`` last, so a folder
     whose state file is missing, cut short or names another step was being written when the run died."""
@@ -88,16 +94,14 @@ def complete_checkpoint(path: Path) -> bool:
 def last_complete_checkpoint(folder: Path) -> Path:
     """The checkpoint ``--resume`` continues from: the latest complete one. Incomplete ones after it (a kill
     while saving) are removed, naming each; no complete checkpoint at all is an error naming the folder."""
-    found = sorted((p for p in folder.glob("checkpoint-*") if p.is_dir() and CHECKPOINT.match(p.name)),
-                   key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+    found = checkpoint_folders(folder)
     complete = [p for p in found if complete_checkpoint(p)]
     if not complete:
         raise OutputDirError(f"output_dir {folder}: nothing to resume, no complete checkpoint "
                              f"({', '.join(p.name for p in found) or 'none'} found); start it with --overwrite")
-    for path in found:
-        if not complete_checkpoint(path) and int(path.name.split("-")[1]) > int(complete[-1].name.split("-")[1]):
-            logger.warning("removing %s: a checkpoint cut short while it was written (no whole trainer_state.json)", path)
-            shutil.rmtree(path)
+    for path in found[found.index(complete[-1]) + 1:]:  # all incomplete: complete[-1] is the last complete one
+        logger.warning("removing %s: a checkpoint cut short while it was written (no whole trainer_state.json)", path)
+        shutil.rmtree(path)
     return complete[-1]
 
 
