@@ -93,11 +93,15 @@ def read_provenance(folder: Path) -> list[dict[str, Any]]:
 
 
 def _write(folder: Path, entries: list[dict[str, Any]]) -> None:
-    """Written whole, then renamed: a kill never leaves half a file."""
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"{PROVENANCE_FILE}.{os.getpid()}.tmp"
-    partial.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
-    partial.replace(folder / PROVENANCE_FILE)
+    write_whole(folder / PROVENANCE_FILE, json.dumps(entries, indent=2) + "\n")
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it: a kill never leaves half a file."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
 
 
 def describe(entries: list[dict[str, Any]]) -> tuple[str, list[str]]:

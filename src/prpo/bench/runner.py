@@ -35,7 +35,7 @@ from prpo.bench.policy import PolicySize, load_char_tokenizer
 from prpo.training.metrics import read_jsonl
 from prpo.prm import load_prm
 from prpo.bench.prm import NOISE, QUALITIES
-from prpo.provenance import PROVENANCE_FILE, now, provenance, record_finish, record_start
+from prpo.provenance import PROVENANCE_FILE, now, provenance, record_finish, record_start, write_whole
 from prpo.bench.family import load_family
 
 METHODS = tuple(ADVANTAGES)  # every registered advantage method, in registration order
@@ -138,10 +138,8 @@ class HeldOutEval(TrainerCallback):
                "heldout/final_answer_rate": 1 - summary["no_final_answer_fraction"],
                "heldout/sampled_accuracy": sampled["accuracy"],
                "heldout/correct": [int(record["correct"]) for record in greedy.records]}  # per problem, in task order
-        if step == 0 and self.step0_cache is not None:  # written whole, then renamed: a reader never sees half a row
-            partial = self.step0_cache.with_name(f"{self.step0_cache.name}.{os.getpid()}.tmp")
-            partial.write_text(json.dumps(row) + "\n")
-            partial.replace(self.step0_cache)
+        if step == 0 and self.step0_cache is not None:  # a reader never sees half a row
+            write_whole(self.step0_cache, json.dumps(row) + "\n")
         self._append(row)
 
     def _append(self, row: dict) -> None:
