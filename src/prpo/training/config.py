@@ -25,6 +25,7 @@ from prpo.advantages import ADVANTAGES, CORRECT_REWARD, EPS, MU0, SIGMA0, WRONG_
 from prpo.filters import FILTERS, bind_filter, get_filter
 from prpo.kl import k3_bounds
 from prpo.training.metrics import COLLAPSE_DROP, COLLAPSE_WINDOW
+from prpo.training.shared_prefix import SharedPrefixMode
 from prpo.segmentation import K, MARKER, MIN_GAP, SEGMENT_LENGTH, SEGMENTERS, get_segmenter
 from prpo.typecheck import has_type, type_name
 
@@ -141,8 +142,16 @@ class PRPOConfig(GRPOConfig):
     # TRL turns checkpointing on through the alias transformers deprecates; use the new name instead.
     activation_checkpointing: bool | None = field(default=True, metadata={"help": "Recompute activations in backward."})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of the above."})
+    shared_prefix: SharedPrefixMode = field(
+        default="auto",
+        metadata={"help": "Forward each group's prompt once in every log-prob pass (exact; docs/design.md). auto: where "
+                  "the model and setup allow it exactly and it saves >= 1.3x tokens, checked against the unshared "
+                  "pass on each new shape; true: always (refused where it cannot be exact); false: never."},
+    )
 
     def __post_init__(self):
+        if isinstance(self.shared_prefix, bool):  # YAML reads `shared_prefix: true` as a boolean
+            self.shared_prefix = "true" if self.shared_prefix else "false"
         for check in FIELD_CHECKS:
             check(self)
         # TRL turns bf16 on whenever it is unset, which transformers then rejects on a machine without a GPU.

@@ -47,6 +47,18 @@ from prpo.training import trl_surface
 from prpo.kl import clamped_reference
 from prpo.training.metrics import RunFiles
 from prpo.training.rewards import OutcomeReward, Outcomes, checked_reward_function, outcome_reward_range
+from prpo.training.shared_prefix import (
+    CHECK_TOLERANCE,
+    HALF_CHECK_TOLERANCE,
+    SharedPrefix,
+    active_dropout,
+    prompt_groups,
+    shape_class,
+    shared_logps,
+    shuffle_groups,
+    static_reasons,
+    token_ratio,
+)
 from prpo.segmentation import (
     SegmentInputs,
     get_segmenter,
@@ -261,6 +273,7 @@ class PRPOTrainer(GRPOTrainer):
         if eval_dataset is not None:
             check_dataset(eval_dataset, trl_surface.tokenizer(self), args.max_prompt_length, needs_answer=needs_answer)
         self._entropy_source = self._choose_entropy_source()
+        self.shared_prefix = self._choose_shared_prefix()
         self._rollout = Rollout()  # the rollout in progress (or the last one)
         self._update_seconds = 0.0  # optimiser-update time of the accumulation in progress
 
@@ -284,9 +297,31 @@ class PRPOTrainer(GRPOTrainer):
         )
         return "old_pass" if old_pass_runs and not self.args.mask_truncated_completions else "extra_pass"
 
-    def _policy_module(self) -> torch.nn.Module:
-        model = self.accelerator.unwrap_model(self.model)
+    def _choose_shared_prefix(self) -> SharedPrefix:
+        """Whether the log-prob passes may forward each group's prompt once (`prpo.training.shared_prefix`)."""
+        policy = self._policy_module()
+        reasons = static_reasons(
+            policy, policy.base_model,
+            checkpointing=bool(self.args.gradient_checkpointing or getattr(policy, "is_gradient_checkpointing", False)),
+            reentrant=bool((self.args.gradient_checkpointing_kwargs or {}).get("use_reentrant")),
+            distributed=self.accelerator.distributed_type.value,
+        )
+        dropout = active_dropout(self.model, policy.base_model)
+        if dropout and self.args.shared_prefix == "auto":
+            reasons.append(f"dropout while training ({', '.join(dropout)}): a shared prompt would share one dropout "
+                           "mask across its group's rows; shared_prefix: true allows it")
+        elif dropout and self.args.shared_prefix == "true":
+            logger.warning(f"shared_prefix: true with dropout while training ({', '.join(dropout)}): each prompt's "
+                           "dropout mask is shared by its group's rows, so the loss is not the unshared one's")
+        return SharedPrefix(self.args.shared_prefix, reasons)
+
+    def _policy_module(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
+        model = self.accelerator.unwrap_model(self.model if model is None else model)
         return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def _prepare_inputs(self, generation_batch):
+        with trl_surface.rows_shuffled_by(shuffle_groups):
+            return super()._prepare_inputs(generation_batch)
 
     def _keep_fp32_master_weights(self) -> None:
         """Upcast trainable bf16/fp16 parameters to float32 where the optimiser would update them directly.
@@ -342,17 +377,62 @@ class PRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, *args, compute_entropy=False, **kwargs):
         if self._kl_clamp_inputs is not None:  # the loss forward of `_compute_loss`: TRL reads the reference next
             inputs, self._kl_clamp_inputs = self._kl_clamp_inputs, None
-            result = super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=compute_entropy, **kwargs)
+            result = self._logps(model, *args, compute_entropy=compute_entropy, **kwargs)
             inputs["ref_per_token_logps"] = clamped_reference(inputs["ref_per_token_logps"], result[0], self.args.kl_clamp)
             return result
         rollout = self._rollout
         if not (rollout.capture_old_pass and model is self.model):
-            return super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=compute_entropy, **kwargs)
+            return self._logps(model, *args, compute_entropy=compute_entropy, **kwargs)
         rollout.capture_old_pass = False
         with rollout.timed("old_logps"):
-            logps, entropies, aux = super()._get_per_token_logps_and_entropies(model, *args, compute_entropy=True, **kwargs)
+            logps, entropies, aux = self._logps(model, *args, compute_entropy=True, **kwargs)
         rollout.old_pass_entropy = entropies
         return logps, entropies if compute_entropy else None, aux
+
+    def _logps(self, model, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int, batch_size: int | None = None,
+               compute_entropy: bool = False, **extra) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """TRL's log-prob pass, chunk by chunk on the shared-prefix path where `self.shared_prefix` takes it."""
+        if not self.shared_prefix.possible or any(value is not None and value is not False for value in extra.values()):
+            self._log_token_ratio(model, 1.0)
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy,
+                **extra,
+            )
+        size = batch_size or input_ids.size(0)
+        chunks = [self._chunk_logps(model, input_ids[start:start + size], attention_mask[start:start + size],
+                                    logits_to_keep, compute_entropy) for start in range(0, input_ids.size(0), size)]
+        logps = torch.cat([chunk[0] for chunk in chunks])
+        return logps, torch.cat([chunk[1] for chunk in chunks]) if compute_entropy else None, None
+
+    def _chunk_logps(self, model, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int,
+                     compute_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        """One chunk's log-probs (and entropies): shared where chosen, checked against unshared on a new shape."""
+        def unshared() -> tuple[Tensor, Tensor | None]:
+            return super(PRPOTrainer, self)._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, compute_entropy=compute_entropy)[:2]
+
+        rows, prompt_len = input_ids.size(0), input_ids.size(1) - logits_to_keep
+        groups = prompt_groups(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
+        shared = self.shared_prefix.choose(groups, rows, prompt_len, logits_to_keep)
+        if shared:
+            shape = shape_class(rows, groups.count, prompt_len, logits_to_keep)
+            result = shared_logps(model, self._policy_module(model).base_model, input_ids, attention_mask,
+                                  logits_to_keep, groups, self.accelerator.autocast)
+            if self.shared_prefix.needs_check(shape):
+                with torch.no_grad():
+                    reference = unshared()
+                tolerance = HALF_CHECK_TOLERANCE if self.args.bf16 or self.args.fp16 else CHECK_TOLERANCE
+                shared = self.shared_prefix.record_check(shape, result[0].detach(), reference[0],
+                                                         attention_mask[:, prompt_len:].bool(), tolerance)
+        if not shared:
+            result = unshared()
+        self._log_token_ratio(model, token_ratio(rows, groups.count, prompt_len, logits_to_keep) if shared else 1.0)
+        return result
+
+    def _log_token_ratio(self, model, ratio: float) -> None:
+        """In the loss forward: the tokens the unshared pass would forward over those forwarded (1: unshared)."""
+        if torch.is_grad_enabled() and model.training:
+            trl_surface.metrics(self, "train")["shared_prefix/token_ratio"].append(ratio)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list) -> Tensor:
         """TRL's ``r[B_global, K]`` (every process's rows, in process order); this process's R from its slice."""

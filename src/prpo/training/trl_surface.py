@@ -2,7 +2,8 @@
 
 `PRPOTrainer` overrides private `GRPOTrainer` hooks (`HOOKS`), reads and writes private attributes
 (`ATTRIBUTES`) through the accessors below, uses `disable_gradient_checkpointing` from
-`trl.models.utils`, and relies on facts of TRL's source (`SOURCE_FACTS`): the
+`trl.models.utils`, swaps the row shuffle `_prepare_inputs` calls for one that keeps groups whole
+(`rows_shuffled_by`), and relies on facts of TRL's source (`SOURCE_FACTS`): the
 loss multiplies the per-token loss by ``tool_mask`` (used here as a loss mask to drop filtered
 rollouts), reads the reference log-probs after the loss forward (`prpo.kl`'s clamp), and divides the
 token-mean losses by ``num_items_in_batch``. `problems` checks each against the installed TRL and
@@ -12,8 +13,10 @@ once per process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,6 +33,7 @@ HOOKS = {
     "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
     "_generate_and_score_completions": ("inputs",),
     "_compute_loss": ("model", "inputs"),
+    "_prepare_inputs": ("generation_batch",),
 }
 # Private methods of transformers' Trainer that prpo calls (not overrides), with the parameters it passes.
 CALLED = {"_save_checkpoint": ("model", "trial")}
@@ -45,6 +49,9 @@ SOURCE_FACTS = {
         'inputs["num_items_in_batch"]',  # the token-mean denominator, recounted after a filter
     ),
     "_generate_and_score_completions": ("self._calculate_rewards(", 'self._logs["advantages"]'),
+    # `prpo.training.shared_prefix` calls the policy as TRL's log-prob pass does: fused LM head, labels.
+    "_get_per_token_logps_and_entropies": ("fused_lm_head=True", "outputs.log_probs", "outputs.entropy"),
+    "_prepare_inputs": ("shuffle_sequence_dict(generation_batch)",),  # patched by `rows_shuffled_by`
 }
 
 
@@ -87,6 +94,20 @@ def drop_from_loss(output: dict[str, Any], kept: Tensor, gather: Any) -> None:
     loss_mask = output.get(LOSS_MASK, torch.ones_like(completion_mask)) * kept[:, None].to(completion_mask.dtype)
     output[LOSS_MASK] = loss_mask
     output["num_items_in_batch"] = gather((completion_mask * loss_mask).sum()).sum()
+
+
+@contextlib.contextmanager
+def rows_shuffled_by(shuffle: Callable[[dict[str, Any]], dict[str, Any]]) -> Iterator[None]:
+    """Within the block, `_prepare_inputs` shuffles the generation batch with ``shuffle`` instead of TRL's
+    `shuffle_sequence_dict` (the rows' order before it splits them into micro-batches)."""
+    import trl.trainer.grpo_trainer as grpo_trainer
+
+    original = grpo_trainer.shuffle_sequence_dict
+    grpo_trainer.shuffle_sequence_dict = shuffle
+    try:
+        yield
+    finally:
+        grpo_trainer.shuffle_sequence_dict = original
 
 
 def problems(trainer_class: type | None = None, version: str | None = None) -> list[str]:
