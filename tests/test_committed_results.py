@@ -1,5 +1,7 @@
 """Every results folder committed under docs/ rebuilds its committed summary from its committed raw files.
 
+Benchmark folders and the demo's seed folders (docs/quickstart-runs/, `prpo.training.seed_summary`).
+
 A folder is one that holds a ``bench.json``. Either its raw runs are committed beside it and
 ``prpo bench --summary-only`` on a copy gives back ``summary.json`` number for number, from runs that
 name one clean commit; or it says that its raw files are lost (`LOST_MARKER`) and holds no runs at
@@ -17,6 +19,8 @@ import pytest
 
 from prpo.bench.summary import code_provenance
 from prpo.commands.bench import main as bench_main
+from prpo.training.seed_summary import SUMMARY_FILE as SEED_SUMMARY
+from prpo.training.seed_summary import summarize
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 LOST_MARKER = "RAW_FILES_LOST.md"
@@ -69,3 +73,15 @@ def test_committed_summary_rebuilds_from_committed_raw_files(folder: Path, tmp_p
     same_numbers(json.loads((copy / "summary.json").read_text()), json.loads((folder / "summary.json").read_text()))
     line, warnings = code_provenance(copy)
     assert line.startswith("code: commit ") and not warnings, f"{folder}: {line}; {warnings}"
+
+
+SEED_FOLDERS = sorted(path.parent for path in (DOCS / "quickstart-runs").rglob(SEED_SUMMARY))
+
+
+@pytest.mark.parametrize("folder", SEED_FOLDERS, ids=[str(path.relative_to(DOCS)) for path in SEED_FOLDERS])
+def test_committed_seed_summary_rebuilds_from_committed_run_files(folder: Path):
+    """The demo's seeds (`prpo.training.seed_summary`): every per-seed number and the choice, from the records."""
+    same_numbers(summarize(folder), json.loads((folder / SEED_SUMMARY).read_text()), f"{folder.name}/{SEED_SUMMARY}")
+    for run in folder.rglob("seed-*"):
+        entries = json.loads((run / "provenance.json").read_text())
+        assert entries and all(e["commit"] and not e["dirty"] and e["finished"] for e in entries), run

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from prpo.cli import main as cli_main
+from prpo.commands.train import end_block
 from prpo.commands.eval import main as eval_main
 from prpo.evaluation.evaluate import accuracy_interval
 from prpo.training.run import before_after_table
@@ -133,6 +134,23 @@ def test_before_after_table_has_intervals_and_the_change():
     assert "50.0%" in lines[3] and "38.0-62.0%" in lines[3] and "32/64" in lines[3]
     assert lines[4].split() == ["change", "+25.0", "points"]
     assert lines[5] == "one-sided exact McNemar test: p = 0.00647 (12 problems improved, 2 worsened)"
+
+
+@pytest.mark.parametrize("after, p_value, improved, worsened, verdict", [
+    (0.5, 106 / 16384, 12, 2, "training improved the model significantly (p < 0.05)"),
+    (0.3, 0.31, 6, 4, "no significant improvement (p = 0.31 >= 0.05): this run does not show that training helped"),
+    (0.2, 0.95, 6, 12, "training made the model worse on these problems: no improvement"),
+])
+def test_the_run_ends_with_one_block_that_says_whether_training_helped(after, p_value, improved, worsened, verdict):
+    data = {"before": {"accuracy": 0.25}, "after": {"accuracy": after},
+            "mcnemar": {"p_value": p_value, "improved": improved, "worsened": worsened}}
+    lines = end_block(data, 3, 292.4, Path("runs/quickstart/report.html")).splitlines()
+    assert lines[0] == "== prpo train done: seed 3, 4 min 52 s =="
+    assert lines[1].startswith(f"held-out accuracy 25.0% -> {100 * after:.1f}% ({100 * (after - 0.25):+.1f} points), "
+                               f"one-sided McNemar p = {p_value:.2g} ({improved} problems improved, {worsened} worsened)")
+    assert lines[2] == verdict and lines[3] == "report: runs/quickstart/report.html"
+    assert end_block(None, 0, 61, Path("r.html")).splitlines() == ["== prpo train done: seed 0, 1 min 1 s ==",
+                                                                   "report: r.html"]
 
 
 def test_compact_template_puts_our_system_line_before_the_one_shot():

@@ -13,6 +13,7 @@ Several processes: `accelerate launch [--config_file zero3.yaml] -m prpo.cli tra
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from prpo.training.config import ConfigError
@@ -172,6 +173,7 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, ov
     from prpo.training.run import train_and_report
     from prpo.training.trainer import PRPOTrainer
 
+    start = time.perf_counter()
     args = config.training
     task = load_task_section(config.task, "task")
     eval_task = None if config.eval_task is None else load_task_section(config.eval_task, "eval_task")
@@ -202,7 +204,7 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, ov
         eval_task = None
     card = ModelCard(model.model_name_or_path, args.method, task.name, config.to_yaml(), header_comment(config_file))
     try:
-        train_and_report(trainer, eval_task, max_new_tokens=args.max_completion_length,
+        data = train_and_report(trainer, eval_task, max_new_tokens=args.max_completion_length,
                          batch_size=args.per_device_eval_batch_size, final_dir=output_dir / "final", resume=resume,
                          card=card)
     except Preempted as stop:
@@ -216,6 +218,27 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, ov
                          f"{trainer.state.global_step}, the last completed); continue with: {command}") from outage
     if args.process_index == 0:
         record_finish(output_dir)
+        print(end_block(data, args.seed, time.perf_counter() - start, output_dir / "report.html"), flush=True)
+
+
+def end_block(data: dict | None, seed: int, seconds: float, report: Path) -> str:
+    """What the run ends with: before, after, change, the test, the seed, the time and the report, and in words
+    whether training helped (one-sided exact McNemar test at 0.05)."""
+    lines = [f"== prpo train done: seed {seed}, {seconds // 60:.0f} min {seconds % 60:.0f} s =="]
+    if data is not None:
+        before, after, test = data["before"]["accuracy"], data["after"]["accuracy"], data["mcnemar"]
+        lines.append(f"held-out accuracy {100 * before:.1f}% -> {100 * after:.1f}% ({100 * (after - before):+.1f} "
+                     f"points), one-sided McNemar p = {test['p_value']:.2g} ({test['improved']} problems improved, "
+                     f"{test['worsened']} worsened)")
+        if test["p_value"] < 0.05:
+            lines.append("training improved the model significantly (p < 0.05)")
+        elif after < before:
+            lines.append("training made the model worse on these problems: no improvement")
+        else:
+            lines.append(f"no significant improvement (p = {test['p_value']:.2g} >= 0.05): this run does not show "
+                         "that training helped")
+    lines.append(f"report: {report}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
