@@ -279,3 +279,24 @@ def test_one_training_step_logs_the_unshared_runs_numbers(policy_dir, tmp_path):
     assert {"loss", "kl", "entropy", "reward", "advantages/mean"} <= set(compared)
     for key in compared:
         assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+
+
+def test_prpo_train_logs_the_same_step_shared_and_unshared(tiny_causal_lm_dir, tmp_path):
+    """`prpo train` end to end (cpu-tiny config, one step, full fine-tuning): auto shares (token ratio > 1.3) and
+    every logged number of the step equals the unshared run's."""
+    from prpo.cli import main as cli_main
+
+    rows = {}
+    for mode in ("auto", "false"):
+        out = tmp_path / mode
+        assert cli_main(["train", "cpu-tiny", "--model.model_name_or_path", str(tiny_causal_lm_dir), "--output_dir",
+                         str(out), "--max_steps", "1", "--eval_before_after", "false", "--shared_prefix", mode]) == 0
+        with open(out / "metrics.jsonl") as lines:
+            rows[mode] = next(row for row in map(json.loads, lines) if "loss" in row)
+    shared, plain = rows["auto"], rows["false"]
+    assert shared["shared_prefix/token_ratio"] > 1.3 and plain["shared_prefix/token_ratio"] == 1.0
+    numbers = [k for k, v in plain.items() if isinstance(v, (int, float)) and not k.startswith(("time/", "shared_prefix/"))
+               and k not in ("step_time", "train_runtime")]
+    assert {"loss", "kl", "entropy", "accuracy", "prm/score_mean"} <= set(numbers)
+    for key in numbers:
+        assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key

@@ -142,9 +142,9 @@ class PRPOConfig(GRPOConfig):
     # TRL turns checkpointing on through the alias transformers deprecates; use the new name instead.
     activation_checkpointing: bool | None = field(default=True, metadata={"help": "Recompute activations in backward."})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Deprecated alias of the above."})
-    shared_prefix: SharedPrefixMode = field(
+    shared_prefix: SharedPrefixMode | bool = field(
         default="auto",
-        metadata={"help": "Forward each group's prompt once in every log-prob pass (exact; docs/design.md). auto: where "
+        metadata={"help": "Forward each group's prompt once in every policy pass (exact; docs/design.md). auto: where "
                   "the model and setup allow it exactly and it saves >= 1.3x tokens, checked against the unshared "
                   "pass on each new shape; true: always (refused where it cannot be exact); false: never."},
     )
