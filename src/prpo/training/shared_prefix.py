@@ -165,7 +165,8 @@ def static_reasons(model: nn.Module, backbone: nn.Module, *, checkpointing: bool
         kinds = sorted({type(layer).__name__ for layer in layers} - {"DynamicLayer"}) or ["no layer list"]
         reasons.append(f"a cache other than full attention ({', '.join(kinds)}: sliding window, state-space or "
                        "linear attention)")
-    if getattr(config, "output_router_logits", False) or getattr(config, "num_experts", None):
+    if getattr(config, "output_router_logits", False) or any(
+            getattr(config, key, None) for key in ("num_experts", "num_local_experts", "n_routed_experts")):
         reasons.append("a mixture of experts (its auxiliary loss is per token of the whole row)")
     if checkpointing:
         decoder = [m for m in backbone.modules() if isinstance(m, GradientCheckpointingLayer)]
