@@ -75,7 +75,7 @@ def one_demo(variant: str, steps: int, device: str) -> dict:
 
     method = "prpo" if variant == "prpo_shared" else "grpo"
     overrides = [f"--method={method}", f"--max_steps={steps}", "--save_steps=1000", "--eval_before_after=false",
-                 "--model.lora_dropout=0.0", f"--shared_prefix={'false' if variant == 'grpo_unshared' else 'auto'}",
+                 f"--shared_prefix={'false' if variant == 'grpo_unshared' else 'auto'}",
                  f"--use_cpu={'true' if device == 'cpu' else 'false'}", f"--bf16={'false' if device == 'cpu' else 'true'}"]
     if method == "grpo":
         overrides.append("--prm=null")
@@ -244,6 +244,10 @@ def main() -> None:
 
     import torch
 
+    from prpo.provenance import code_version
+
+    code = code_version()
+    print(f"prpo commit {code['commit']}{' (dirty)' if code['dirty'] else ''}")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
