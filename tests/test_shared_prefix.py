@@ -183,11 +183,11 @@ def test_self_check_sends_a_disagreeing_shape_to_the_unshared_path(caplog):
     assert choice.needs_check(shape)
     logps = torch.randn(4, 10)
     mask = torch.ones(4, 10, dtype=torch.bool)
-    assert choice.record_check(shape, logps + 1e-5, logps, mask, sp.CHECK_TOLERANCE)
+    assert choice.record_check(shape, logps + 1e-5, logps, mask)
     assert not choice.needs_check(shape) and choice.choose(paired, 4, 500, 10)
     other = sp.shape_class(4, 2, 600, 10)
     with caplog.at_level(logging.WARNING):
-        assert not choice.record_check(other, logps + 0.5 * torch.eye(4, 10), logps, mask, sp.CHECK_TOLERANCE)
+        assert not choice.record_check(other, logps + 0.5 * torch.eye(4, 10), logps, mask)
     assert not choice.choose(paired, 4, 1000, 10) and choice.choose(paired, 4, 500, 10)
     assert "0.5 nats apart" in caplog.text
 
@@ -198,7 +198,7 @@ def test_self_check_sends_a_disagreeing_shape_to_the_unshared_path(caplog):
 ])
 def test_auto_says_why_it_cannot_share(overrides, reason):
     model = Qwen2ForCausalLM(tiny_qwen2_config(VOCAB, **overrides))
-    reasons = sp.static_reasons(model, model.base_model, checkpointing=False, reentrant=False, distributed="NO")
+    reasons = sp.static_reasons(model.base_model, checkpointing=False, reentrant=False, distributed="NO")
     assert any(reason in r for r in reasons), reasons
     with pytest.raises(ValueError, match="cannot be exact"):
         sp.SharedPrefix("true", reasons)
@@ -206,8 +206,8 @@ def test_auto_says_why_it_cannot_share(overrides, reason):
 
 def test_reentrant_checkpointing_and_sharded_training_are_refused():
     model = Qwen2ForCausalLM(tiny_qwen2_config(VOCAB))
-    assert sp.static_reasons(model, model.base_model, checkpointing=False, reentrant=False, distributed="NO") == []
-    reasons = sp.static_reasons(model, model.base_model, checkpointing=True, reentrant=True, distributed="FSDP")
+    assert sp.static_reasons(model.base_model, checkpointing=False, reentrant=False, distributed="NO") == []
+    reasons = sp.static_reasons(model.base_model, checkpointing=True, reentrant=True, distributed="FSDP")
     assert any("reentrant" in r for r in reasons) and any("FSDP" in r for r in reasons)
 
 

@@ -223,19 +223,21 @@ def train(config: RunConfig, *, resume: bool, config_file: Path = QUICKSTART, ov
 
 def end_block(data: dict | None, seed: int, seconds: float, report: Path) -> str:
     """What the run ends with: before, after, change, the test, the seed, the time and the report, and in words
-    whether training helped (one-sided exact McNemar test at 0.05)."""
+    whether training helped (one-sided exact McNemar test at `SIGNIFICANCE`)."""
+    from prpo.evaluation.evaluate import SIGNIFICANCE
+
     lines = [f"== prpo train done: seed {seed}, {seconds // 60:.0f} min {seconds % 60:.0f} s =="]
     if data is not None:
         before, after, test = data["before"]["accuracy"], data["after"]["accuracy"], data["mcnemar"]
         lines.append(f"held-out accuracy {100 * before:.1f}% -> {100 * after:.1f}% ({100 * (after - before):+.1f} "
                      f"points), one-sided McNemar p = {test['p_value']:.2g} ({test['improved']} problems improved, "
                      f"{test['worsened']} worsened)")
-        if test["p_value"] < 0.05:
-            lines.append("training improved the model significantly (p < 0.05)")
+        if test["p_value"] < SIGNIFICANCE:
+            lines.append(f"training improved the model significantly (p < {SIGNIFICANCE})")
         elif after < before:
             lines.append("training made the model worse on these problems: no improvement")
         else:
-            lines.append(f"no significant improvement (p = {test['p_value']:.2g} >= 0.05): this run does not show "
+            lines.append(f"no significant improvement (p = {test['p_value']:.2g} >= {SIGNIFICANCE}): this run does not show "
                          "that training helped")
     lines.append(f"report: {report}")
     return "\n".join(lines)

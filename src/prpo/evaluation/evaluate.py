@@ -66,6 +66,9 @@ def _wilson(p: float, n: int, z: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+SIGNIFICANCE = 0.05  # a before/after change counts as significant when the one-sided McNemar p is below this
+
+
 def mcnemar_improvement(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
     """Exact one-sided McNemar test that `after` is more often right than `before` on the same problems.
 

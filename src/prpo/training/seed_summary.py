@@ -21,12 +21,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from prpo.evaluation.evaluate import SIGNIFICANCE
 from prpo.evaluation.evaluate import mcnemar_improvement, paired_correctness
 from prpo.provenance import describe, read_provenance
 from prpo.training.metrics import read_jsonl
 
 SUMMARY_FILE = "summary.json"
-ALPHA = 0.05  # a seed "improved significantly" when its one-sided McNemar p is below this
 
 
 def seed_result(run: Path) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def seed_result(run: Path) -> dict[str, Any]:
         "p_value": test["p_value"],
         "improved": test["improved"],
         "worsened": test["worsened"],
-        "significant": test["p_value"] < ALPHA,
+        "significant": test["p_value"] < SIGNIFICANCE,
         "fell": sum(right_after) < sum(right_before),
         "wall_seconds": wall,
         "commit": describe(entries)[0],
@@ -107,7 +107,7 @@ def table(summary: dict[str, Any]) -> str:
     for name, s in summary["settings"].items():
         lines.append(f"{name}: after {100 * s['after_min']:.0f} / {100 * s['after_median']:.1f} / "
                      f"{100 * s['after_max']:.0f}% (min / median / max), gain min {100 * s['gain_min']:+.0f}, median "
-                     f"{100 * s['gain_median']:+.1f} points; {s['significant']} of {len(s['runs'])} seeds p < {ALPHA}, "
+                     f"{100 * s['gain_median']:+.1f} points; {s['significant']} of {len(s['runs'])} seeds p < {SIGNIFICANCE}, "
                      f"{s['fell']} fell; goal {'met' if s['goal_met'] else 'not met'}; median wall {s['wall_median']:.0f} s")
     if "chosen" in summary:
         lines.append(f"chosen by the registered rule: {summary['chosen']}")

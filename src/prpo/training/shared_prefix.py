@@ -151,8 +151,7 @@ def shared_logps(
     return outputs.log_probs[:, -logits_to_keep:], entropy
 
 
-def static_reasons(model: nn.Module, backbone: nn.Module, *, checkpointing: bool, reentrant: bool,
-                   distributed: str) -> list[str]:
+def static_reasons(backbone: nn.Module, *, checkpointing: bool, reentrant: bool, distributed: str) -> list[str]:
     """Why sharing cannot be exact (or is unverified) for this model and setup, whatever the batch; [] if none."""
     config = backbone.config
     reasons = []
@@ -199,6 +198,7 @@ class SharedPrefix:
 
     mode: SharedPrefixMode
     reasons: list[str]  # static reasons sharing is off (auto) or refused (true)
+    tolerance: float = CHECK_TOLERANCE  # the self-check's max |shared - unshared| log-prob (nats)
     checked: dict[tuple, bool] = field(default_factory=dict)  # shape -> shared path agreed with the unshared one
     said: set[str] = field(default_factory=set)
 
@@ -241,9 +241,10 @@ class SharedPrefix:
     def needs_check(self, shape: tuple) -> bool:
         return self.mode == "auto" and shape not in self.checked
 
-    def record_check(self, shape: tuple, shared: Tensor, unshared: Tensor, mask: Tensor, tolerance: float) -> bool:
-        """Compare one micro-batch's shared and unshared log-probs; on a difference beyond ``tolerance`` (nats), warn
+    def record_check(self, shape: tuple, shared: Tensor, unshared: Tensor, mask: Tensor) -> bool:
+        """Compare one micro-batch's shared and unshared log-probs; on a difference beyond ``self.tolerance``, warn
         once and keep this shape on the unshared path."""
+        tolerance = self.tolerance
         diff = ((shared.double() - unshared.double()).abs() * mask).max().item() if mask.any() else 0.0
         agrees = diff <= tolerance
         self.checked[shape] = agrees

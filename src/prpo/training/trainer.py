@@ -301,7 +301,7 @@ class PRPOTrainer(GRPOTrainer):
         """Whether the log-prob passes may forward each group's prompt once (`prpo.training.shared_prefix`)."""
         policy = self._policy_module()
         reasons = static_reasons(
-            policy, policy.base_model,
+            policy.base_model,
             checkpointing=bool(self.args.gradient_checkpointing or getattr(policy, "is_gradient_checkpointing", False)),
             reentrant=bool((self.args.gradient_checkpointing_kwargs or {}).get("use_reentrant")),
             distributed=self.accelerator.distributed_type.value,
@@ -313,7 +313,8 @@ class PRPOTrainer(GRPOTrainer):
         elif dropout and self.args.shared_prefix == "true":
             logger.warning(f"shared_prefix: true with dropout while training ({', '.join(dropout)}): each prompt's "
                            "dropout mask is shared by its group's rows, so the loss is not the unshared one's")
-        return SharedPrefix(self.args.shared_prefix, reasons)
+        half = self.args.bf16 or self.args.fp16
+        return SharedPrefix(self.args.shared_prefix, reasons, HALF_CHECK_TOLERANCE if half else CHECK_TOLERANCE)
 
     def _policy_module(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
         model = self.accelerator.unwrap_model(self.model if model is None else model)
@@ -414,6 +415,7 @@ class PRPOTrainer(GRPOTrainer):
         rows, prompt_len = input_ids.size(0), input_ids.size(1) - logits_to_keep
         groups = prompt_groups(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
         shared = self.shared_prefix.choose(groups, rows, prompt_len, logits_to_keep)
+        reference = None  # the unshared result of a no-grad self-check, reused if the check fails
         if shared:
             shape = shape_class(rows, groups.count, prompt_len, logits_to_keep)
             result = shared_logps(model, self._policy_module(model).base_model, input_ids, attention_mask,
@@ -421,11 +423,10 @@ class PRPOTrainer(GRPOTrainer):
             if self.shared_prefix.needs_check(shape):
                 with torch.no_grad():
                     reference = unshared()
-                tolerance = HALF_CHECK_TOLERANCE if self.args.bf16 or self.args.fp16 else CHECK_TOLERANCE
                 shared = self.shared_prefix.record_check(shape, result[0].detach(), reference[0],
-                                                         attention_mask[:, prompt_len:].bool(), tolerance)
+                                                         attention_mask[:, prompt_len:].bool())
         if not shared:
-            result = unshared()
+            result = reference if reference is not None and not torch.is_grad_enabled() else unshared()
         self._log_token_ratio(model, token_ratio(rows, groups.count, prompt_len, logits_to_keep) if shared else 1.0)
         return result
 
